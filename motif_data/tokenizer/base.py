@@ -1,0 +1,78 @@
+"""Loading OpenAI's ``o200k_base``, the encoding our tokenizer extends, offline or online.
+
+The rank file is checked against its published sha256 so that an extension is never trained on,
+or applied to, a different base.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from unittest import mock
+
+import tiktoken
+import tiktoken.load
+import tiktoken_ext.openai_public
+
+__all__ = ["O200K_SHA256", "O200K_FILENAME", "load_base", "base_spec", "fingerprint"]
+
+O200K_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
+O200K_FILENAME = "o200k_base.tiktoken"
+
+
+def _check_file(path: Path) -> bytes:
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"o200k_base rank file not found at {path}: pass --base PATH to the file "
+            f"(sha256 {O200K_SHA256[:16]}…) or set TIKTOKEN_CACHE_DIR"
+        )
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != O200K_SHA256:
+        raise ValueError(
+            f"{path} has sha256 {digest}, expected {O200K_SHA256} (o200k_base): "
+            "pass --base PATH to the real o200k_base.tiktoken or set TIKTOKEN_CACHE_DIR"
+        )
+    return data
+
+
+def base_spec(path: str | os.PathLike | None = None) -> dict:
+    """The constructor arguments of the o200k ``tiktoken.Encoding`` (name, pat_str, ranks, specials).
+
+    Source, in order: ``path``; ``$TIKTOKEN_CACHE_DIR/o200k_base.tiktoken``; tiktoken's own loader
+    (its cache, or a download for users who are online).
+    """
+    cache = os.environ.get("TIKTOKEN_CACHE_DIR")
+    if path is None and cache and (Path(cache) / O200K_FILENAME).is_file():
+        path = Path(cache) / O200K_FILENAME
+    if path is None:
+        enc = tiktoken.get_encoding("o200k_base")
+        return {
+            "name": enc.name,
+            "pat_str": enc._pat_str,
+            "mergeable_ranks": enc._mergeable_ranks,
+            "special_tokens": enc._special_tokens,
+        }
+    _check_file(Path(path))
+    ranks = tiktoken.load.load_tiktoken_bpe(str(path), expected_hash=O200K_SHA256)
+    # tiktoken defines o200k's split pattern and specials inside the function that downloads the ranks;
+    # hand it our ranks instead so the pattern stays tiktoken's own, never a copy that could drift.
+    with mock.patch.object(tiktoken_ext.openai_public, "load_tiktoken_bpe", return_value=ranks):
+        return tiktoken_ext.openai_public.o200k_base()
+
+
+def load_base(path: str | os.PathLike | None = None) -> tiktoken.Encoding:
+    """The ``o200k_base`` encoding, from ``path``, ``TIKTOKEN_CACHE_DIR`` or tiktoken's normal loader."""
+    return tiktoken.Encoding(**base_spec(path))
+
+
+def fingerprint(enc: tiktoken.Encoding) -> str:
+    """sha256 over everything that decides an encoding's ids: split pattern, ranks and specials."""
+    h = hashlib.sha256()
+    h.update(enc._pat_str.encode())
+    for token, rank in sorted(enc._mergeable_ranks.items(), key=lambda kv: kv[1]):
+        h.update(rank.to_bytes(4, "little") + len(token).to_bytes(2, "little") + token)
+    for name, rank in sorted(enc._special_tokens.items(), key=lambda kv: kv[1]):
+        h.update(rank.to_bytes(4, "little") + name.encode())
+    return h.hexdigest()

@@ -1,0 +1,198 @@
+"""A Motif-architecture decoder, readable top to bottom: pre-norm RMSNorm blocks of differential attention
+(RoPE, configurable base) and a PolyNorm-gated MLP, with the output head tied to the embedding.
+
+The hot ops come from ``motif_data.kernels`` (Triton on GPU, pure PyTorch on CPU); ``kernels="reference"``
+forces the pure-PyTorch versions everywhere, so that a run can compare the two.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from motif_data.kernels import (
+    DifferentialAttention,
+    PolyNorm,
+    diff_attention,
+    linear_cross_entropy,
+    poly_norm_mul,
+    reference_diff_attention,
+    reference_linear_cross_entropy,
+    reference_poly_norm_mul,
+)
+from motif_data.train.config import ModelConfig
+
+__all__ = ["Motif", "count_parameters", "flops_per_token"]
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+class Rotary(nn.Module):
+    """RoPE tables for positions 0..S-1; ``set_base`` is the hook for Motif's 10k → 500k long-context switch."""
+
+    def __init__(self, head_dim: int, base: float):
+        super().__init__()
+        self.head_dim = head_dim
+        self.register_buffer("inv_freq", self._inv_freq(base), persistent=False)
+        self.base = base
+
+    def _inv_freq(self, base: float) -> torch.Tensor:
+        return 1.0 / (base ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim))
+
+    def set_base(self, base: float) -> None:
+        if base != self.base:
+            self.inv_freq.copy_(self._inv_freq(base))
+            self.base = base
+
+    def forward(self, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        t = torch.arange(seq_len, device=self.inv_freq.device, dtype=torch.float32)
+        angles = torch.outer(t, self.inv_freq)
+        return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the two halves of the last dim of ``x`` (B, heads, S, D) by the position's angles."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    return out.to(x.dtype)
+
+
+class Attention(nn.Module):
+    """Differential attention: ``n_heads`` query/key maps pair up into ``n_heads // 2`` heads, each
+    ``(softmax(Q1K1ᵀ) − λ softmax(Q2K2ᵀ)) V`` with V of width ``2 * head_dim``, then per-head RMSNorm."""
+
+    def __init__(self, cfg: ModelConfig, layer_idx: int, reference: bool):
+        super().__init__()
+        self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
+        width = cfg.n_heads * cfg.head_dim  # also the value width: n_heads/2 heads of 2*head_dim
+        self.q_proj = nn.Linear(cfg.d_model, width, bias=False)
+        self.k_proj = nn.Linear(cfg.d_model, width, bias=False)
+        self.v_proj = nn.Linear(cfg.d_model, width, bias=False)
+        self.o_proj = nn.Linear(width, cfg.d_model, bias=False)
+        self.diff = DifferentialAttention(layer_idx, cfg.diff_heads, cfg.head_dim, eps=cfg.norm_eps)
+        self.reference = reference
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        B, S, _ = x.shape
+        q = self.q_proj(x).view(B, S, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, S, self.n_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, S, self.n_heads // 2, 2 * self.head_dim).transpose(1, 2)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        # The kernels' DifferentialAttention holds λ and the sub-layer norm; which attention op runs is ours
+        # to choose, so that one run can time the Triton kernel against the two-SDPA reference.
+        attend = reference_diff_attention if self.reference else diff_attention
+        out = attend(q, k, v, self.diff.lambda_full())
+        out = self.diff.subln(out) * (1.0 - self.diff.lambda_init)
+        return self.o_proj(out.transpose(1, 2).reshape(B, S, -1))
+
+
+class MLP(nn.Module):
+    """Motif's gated MLP: ``down(PolyNorm(gate(x)) ⊙ up(x))``."""
+
+    def __init__(self, cfg: ModelConfig, reference: bool):
+        super().__init__()
+        self.gate = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=False)
+        self.up = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=False)
+        self.down = nn.Linear(cfg.ffn_dim, cfg.d_model, bias=False)
+        self.act = PolyNorm(eps=cfg.norm_eps)
+        self.poly_norm_mul = reference_poly_norm_mul if reference else poly_norm_mul
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gated = self.poly_norm_mul(self.gate(x), self.up(x), self.act.weight, self.act.bias, self.act.eps)
+        return self.down(gated)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int, reference: bool):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn = Attention(cfg, layer_idx, reference)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = MLP(cfg, reference)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Motif(nn.Module):
+    """``forward(input_ids, targets)`` returns the per-token loss (B, S), so the loop can split it by domain;
+    without targets it returns the final hidden states (B, S, d)."""
+
+    def __init__(self, cfg: ModelConfig, *, reference_kernels: bool = False):
+        super().__init__()
+        if cfg.vocab_size is None:
+            raise ValueError("model.vocab_size is unset: take it from the corpus manifest's tokenizer first")
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.rotary = Rotary(cfg.head_dim, cfg.rope_base)
+        self.blocks = nn.ModuleList(Block(cfg, i + 1, reference_kernels) for i in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.linear_cross_entropy = (
+            reference_linear_cross_entropy if reference_kernels else linear_cross_entropy
+        )
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        # GPT-2 style: N(0, 0.02), the projections that write into the residual stream scaled by 1/sqrt(2L).
+        std = self.cfg.init_std
+        nn.init.normal_(self.embed.weight, std=std)
+        for block in self.blocks:
+            for linear in (
+                block.attn.q_proj,
+                block.attn.k_proj,
+                block.attn.v_proj,
+                block.mlp.gate,
+                block.mlp.up,
+            ):
+                nn.init.normal_(linear.weight, std=std)
+            for linear in (block.attn.o_proj, block.mlp.down):
+                nn.init.normal_(linear.weight, std=std / math.sqrt(2 * self.cfg.n_layers))
+
+    def set_rope_base(self, base: float) -> None:
+        self.rotary.set_base(base)
+
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.embed(input_ids)
+        cos, sin = self.rotary(input_ids.shape[1])
+        for block in self.blocks:
+            x = block(x, cos, sin)
+        hidden = self.norm(x)
+        if targets is None:
+            return hidden
+        losses = self.linear_cross_entropy(
+            hidden.flatten(0, 1), self.embed.weight.to(hidden.dtype), targets.flatten(), reduction="none"
+        )
+        return losses.view_as(targets)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int, *, causal: bool = True) -> float:
+    """Training FLOPs (forward + backward = 3 × forward) per token.
+
+    Matrix products: 6 × (weights of every projection + the tied output head). Attention per layer and token,
+    forward: both softmax maps' ``QKᵀ`` (2 · S · n_heads · head_dim) and both maps times V — the differential
+    head's extra map — (2 · 2 · S · n_heads/2 · 2·head_dim). Causal attention does half of that work.
+    """
+    width = cfg.n_heads * cfg.head_dim
+    matmul_weights = cfg.n_layers * (4 * cfg.d_model * width + 3 * cfg.d_model * cfg.ffn_dim)
+    matmul_weights += cfg.vocab_size * cfg.d_model
+    attention_forward = cfg.n_layers * (2 * seq_len * width + 4 * seq_len * width)
+    if causal:
+        attention_forward /= 2
+    return 6 * matmul_weights + 3 * attention_forward

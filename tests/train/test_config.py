@@ -1,0 +1,56 @@
+"""Training configs: the shipped TOMLs load, bad ones fail with every problem named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from motif_data.train.config import PRESETS, load_config
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+@pytest.mark.parametrize("name", ["tiny", "small"])
+def test_shipped_configs_load_their_preset(name):
+    cfg = load_config(CONFIGS / f"{name}.toml")
+    assert cfg.preset == name and cfg.model == PRESETS[name]
+    assert cfg.schedule == "motif-2.6b"
+
+
+def test_model_overrides_apply_on_top_of_the_preset(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('[model]\npreset = "small"\nn_layers = 4\n[train]\nsteps = 20\nseq_len = 128\n')
+    cfg = load_config(path)
+    assert cfg.model.n_layers == 4 and cfg.model.d_model == PRESETS["small"].d_model
+    assert cfg.steps == 20 and cfg.seq_len == 128
+
+
+def test_bad_config_lists_every_problem_at_once(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('[model]\npreset = "tiny"\nn_heads = 3\nd_model = 0\n')
+    with pytest.raises(ValueError) as e:
+        load_config(path)
+    assert "n_heads must be even" in str(e.value) and "model.d_model" in str(e.value)
+    path.write_text('[model]\npreset = "tiny"\n[train]\nsteps = 0\nlr = -1.0\ndtype = "fp8"\n')
+    with pytest.raises(ValueError) as e:
+        load_config(path)
+    for fragment in ("train.steps", "train.lr", "train.dtype"):
+        assert fragment in str(e.value)
+
+
+def test_unknown_keys_are_named(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('[model]\npreset = "tiny"\n[train]\nbatch = 3\n[optim]\nlr = 1\n')
+    with pytest.raises(ValueError) as e:
+        load_config(path)
+    assert "unknown [train] keys ['batch']" in str(e.value) and "unknown sections ['optim']" in str(e.value)
+
+
+def test_unknown_preset_and_missing_file_say_what_to_do(tmp_path):
+    path = tmp_path / "x.toml"
+    path.write_text('[model]\npreset = "huge"\n')
+    with pytest.raises(ValueError, match="tiny"):
+        load_config(path)
+    with pytest.raises(FileNotFoundError, match="configs/tiny.toml"):
+        load_config(tmp_path / "missing.toml")

@@ -1,0 +1,95 @@
+"""The Motif-architecture model: its size, its FLOP count, causality and rotary embedding."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from motif_data.train.config import PRESETS, ModelConfig
+from motif_data.train.model import Motif, apply_rotary, count_parameters, flops_per_token
+
+SMALL_VOCAB = ModelConfig(n_layers=2, d_model=32, n_heads=4, head_dim=8, ffn_dim=96, vocab_size=300)
+
+
+def test_motif_2_6b_preset_has_2_6_billion_parameters_on_meta_device():
+    cfg = PRESETS["motif-2.6b"]
+    with torch.device("meta"):
+        model = Motif(cfg)
+    n = count_parameters(model)
+    assert abs(n - 2.6e9) / 2.6e9 < 0.05, n
+    assert cfg.vocab_size == 219_520 and model.embed.weight.shape == (219_520, 2048)
+    attn = model.blocks[0].attn
+    # 16 heads of 128 → 8 differential heads whose value dim is 256; FFN 8,192; 32 layers.
+    assert attn.q_proj.out_features == 16 * 128 and attn.v_proj.out_features == 8 * 256
+    assert model.blocks[0].mlp.gate.out_features == 8192 and len(model.blocks) == 32
+
+
+def test_small_preset_is_between_120_and_300_million_parameters_with_o200k():
+    with torch.device("meta"):
+        model = Motif(dataclasses.replace(PRESETS["small"], vocab_size=200_019))
+    assert 120e6 <= count_parameters(model) <= 300e6
+
+
+def test_output_head_is_tied_to_the_embedding():
+    model = Motif(SMALL_VOCAB)
+    ids = torch.randint(0, 300, (1, 9))
+    model(ids[:, :-1], ids[:, 1:]).sum().backward()
+    # The head reads the embedding matrix: tokens that never occur as inputs still get gradient through it.
+    unseen = sorted(set(range(300)) - set(ids[0, :-1].tolist()))
+    assert model.embed.weight.grad[unseen].abs().sum() > 0
+    assert not any(p is not model.embed.weight and p.shape == (300, 32) for p in model.parameters())
+
+
+def test_flops_per_token_matches_torch_flop_counter_on_reference_ops():
+    # The reference ops are plain matmuls and two SDPA calls per layer, which FlopCounterMode counts
+    # without regard to the causal mask: compare with our count of full attention.
+    model = Motif(SMALL_VOCAB, reference_kernels=True)
+    batch, seq = 2, 16
+    ids = torch.randint(0, 300, (batch, seq + 1))
+    with FlopCounterMode(display=False) as counter:
+        model(ids[:, :-1], ids[:, 1:]).mean().backward()
+    assert counter.get_total_flops() == flops_per_token(SMALL_VOCAB, seq, causal=False) * batch * seq
+    causal = flops_per_token(SMALL_VOCAB, seq)
+    # Causal attention does half the attention work: the difference is exactly half the attention term.
+    full = flops_per_token(SMALL_VOCAB, seq, causal=False)
+    attention = 3 * SMALL_VOCAB.n_layers * 6 * seq * SMALL_VOCAB.n_heads * SMALL_VOCAB.head_dim
+    assert full - causal == attention / 2
+
+
+@pytest.mark.parametrize("reference", [False, True])
+def test_model_is_causal(reference):
+    torch.manual_seed(0)
+    model = Motif(SMALL_VOCAB, reference_kernels=reference)
+    ids = torch.randint(0, 300, (2, 20))
+    changed = ids.clone()
+    changed[:, 12:] = torch.randint(0, 300, (2, 8))
+    with torch.no_grad():
+        a, b = model(ids), model(changed)
+    torch.testing.assert_close(a[:, :12], b[:, :12], rtol=0, atol=0)
+    assert not torch.allclose(a[:, 12:], b[:, 12:])
+
+
+def test_rotary_matches_complex_rotation_and_base_switch_changes_it():
+    model = Motif(SMALL_VOCAB)
+    seq, d = 10, SMALL_VOCAB.head_dim
+    x = torch.randn(1, 2, seq, d, dtype=torch.float64).float()
+    for base in (10_000.0, 500_000.0):
+        model.set_rope_base(base)
+        cos, sin = model.rotary(seq)
+        got = apply_rotary(x, cos, sin)
+        # Independent formulation: pair (x_i, x_{i+d/2}) as a complex number and rotate by position·base^(-2i/d).
+        freqs = base ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+        angle = torch.arange(seq, dtype=torch.float64)[:, None] * freqs[None, :]
+        z = torch.complex(x[..., : d // 2].double(), x[..., d // 2 :].double()) * torch.polar(
+            torch.ones_like(angle), angle
+        )
+        torch.testing.assert_close(got, torch.cat([z.real, z.imag], dim=-1).float(), rtol=1e-5, atol=1e-5)
+    assert model.rotary.base == 500_000.0
+
+
+def test_model_without_vocab_size_asks_for_it():
+    with pytest.raises(ValueError, match="vocab_size"):
+        Motif(PRESETS["tiny"])

@@ -9,7 +9,11 @@ import math
 
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
 from torch import nn
+
+from motif_data.kernels._device import interpreting, launch, use_triton
 
 __all__ = ["diff_attention", "reference_diff_attention", "DifferentialAttention", "lambda_init"]
 
@@ -33,6 +37,446 @@ def reference_diff_attention(
     o1 = F.scaled_dot_product_attention(q1, k1, v, is_causal=causal, scale=scale)
     o2 = F.scaled_dot_product_attention(q2, k2, v, is_causal=causal, scale=scale)
     return o1 - lambda_.to(o2.dtype) * o2
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Triton kernels. Scores live in the log2 domain (qk_scale = s·log2 e) so the softmax uses exp2; each program
+# walks its key (or query) blocks in two stages: blocks that need no mask, then the diagonal / ragged tail.
+# Block sizes come from small autotune lists whose smallest entries fit AMD's 64 KiB of LDS; num_warps ≤ 8.
+# ---------------------------------------------------------------------------------------------------------
+def _configs(entries):
+    return [
+        triton.Config({"BLOCK_M": m, "BLOCK_N": n, **extra}, num_warps=w, num_stages=st)
+        for m, n, extra, w, st in entries
+    ]
+
+
+_FWD_CONFIGS = _configs(
+    [
+        (64, 32, {"DV_SPLIT": 2}, 4, 1),  # first: the interpreter's choice, and small enough for AMD LDS
+        (64, 64, {"DV_SPLIT": 1}, 8, 2),
+        (128, 64, {"DV_SPLIT": 2}, 8, 2),
+        (128, 32, {"DV_SPLIT": 2}, 8, 3),
+    ]
+)
+_BWD_KV_CONFIGS = _configs(
+    [
+        (32, 32, {}, 4, 1),
+        (64, 64, {}, 8, 2),
+        (32, 64, {}, 4, 2),
+        (32, 128, {}, 8, 2),
+    ]
+)
+_BWD_Q_CONFIGS = _configs(
+    [
+        (32, 32, {}, 4, 1),
+        (64, 64, {}, 8, 2),
+        (128, 64, {}, 8, 2),
+        (128, 32, {}, 8, 3),
+    ]
+)
+N_CONFIGS = max(len(c) for c in (_FWD_CONFIGS, _BWD_KV_CONFIGS, _BWD_Q_CONFIGS))
+
+
+@triton.jit
+def _dot(a, b, PREC: tl.constexpr):
+    # "upcast" serves the CPU interpreter, whose bf16 tl.dot is wrong (Triton 3.9): the operands are still
+    # rounded to bf16 as on the GPU, only the product runs in fp32.
+    if PREC == "upcast":
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    else:
+        return tl.dot(a, b, input_precision=PREC)
+
+
+@triton.jit
+def _fwd_inner(
+    acc1, acc2, l1, l2, m1, m2, q1, q2, k1_ptrs, k2_ptrs, v_ptrs, offs_m, lo, hi,
+    stride_ks, stride_vs, S, qk_scale,
+    BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr,
+):  # fmt: skip
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        if MASKED:
+            k1 = tl.load(k1_ptrs + start_n * stride_ks, mask=offs_n[None, :] < S, other=0.0)
+            k2 = tl.load(k2_ptrs + start_n * stride_ks, mask=offs_n[None, :] < S, other=0.0)
+        else:
+            k1 = tl.load(k1_ptrs + start_n * stride_ks)
+            k2 = tl.load(k2_ptrs + start_n * stride_ks)
+        s1 = _dot(q1, k1, PREC) * qk_scale
+        s2 = _dot(q2, k2, PREC) * qk_scale
+        if MASKED:
+            valid = offs_n[None, :] < S
+            if CAUSAL:
+                valid = valid & (offs_m[:, None] >= offs_n[None, :])
+            s1 = tl.where(valid, s1, float("-inf"))
+            s2 = tl.where(valid, s2, float("-inf"))
+        m1_new = tl.maximum(m1, tl.max(s1, 1))
+        m2_new = tl.maximum(m2, tl.max(s2, 1))
+        p1 = tl.math.exp2(s1 - m1_new[:, None])
+        p2 = tl.math.exp2(s2 - m2_new[:, None])
+        alpha1 = tl.math.exp2(m1 - m1_new)
+        alpha2 = tl.math.exp2(m2 - m2_new)
+        l1 = l1 * alpha1 + tl.sum(p1, 1)
+        l2 = l2 * alpha2 + tl.sum(p2, 1)
+        if MASKED:
+            v = tl.load(v_ptrs + start_n * stride_vs, mask=offs_n[:, None] < S, other=0.0)
+        else:
+            v = tl.load(v_ptrs + start_n * stride_vs)
+        # V is loaded once and feeds both maps.
+        acc1 = acc1 * alpha1[:, None] + _dot(p1.to(v.dtype), v, PREC)
+        acc2 = acc2 * alpha2[:, None] + _dot(p2.to(v.dtype), v, PREC)
+        m1 = m1_new
+        m2 = m2_new
+    return acc1, acc2, l1, l2, m1, m2
+
+
+@triton.autotune(configs=_FWD_CONFIGS, key=["S", "D", "DV", "CAUSAL", "PREC"])
+@triton.heuristics({"BLOCK_DV": lambda args: args["DV"] // args["DV_SPLIT"]})
+@triton.jit
+def _diff_attn_fwd_kernel(
+    Q, K, V, LAM, OUT, OUT2, LSE,
+    stride_qb, stride_qh, stride_qs,
+    stride_kb, stride_kh, stride_ks,
+    stride_vb, stride_vh, stride_vs,
+    H, S, qk_scale,
+    D: tl.constexpr, DV: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DV_SPLIT: tl.constexpr, BLOCK_DV: tl.constexpr,
+):  # fmt: skip
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    pid_dv = tl.program_id(2)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D)
+    offs_dv = pid_dv * BLOCK_DV + tl.arange(0, BLOCK_DV)
+    q1_base = Q + b * stride_qb + (2 * h) * stride_qh
+    k1_base = K + b * stride_kb + (2 * h) * stride_kh
+    q_off = offs_m[:, None] * stride_qs + offs_d[None, :]
+    q1 = tl.load(q1_base + q_off, mask=offs_m[:, None] < S, other=0.0)
+    q2 = tl.load(q1_base + stride_qh + q_off, mask=offs_m[:, None] < S, other=0.0)
+    k_off = offs_n[None, :] * stride_ks + offs_d[:, None]  # K tiles are read transposed: (D, BLOCK_N)
+    k1_ptrs = k1_base + k_off
+    k2_ptrs = k1_base + stride_kh + k_off
+    v_ptrs = V + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vs + offs_dv[None, :]
+
+    m1 = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    m2 = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l1 = tl.zeros([BLOCK_M], tl.float32)
+    l2 = tl.zeros([BLOCK_M], tl.float32)
+    acc1 = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
+    acc2 = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
+    if CAUSAL:
+        mid = (pid_m * BLOCK_M // BLOCK_N) * BLOCK_N
+        hi = tl.minimum((pid_m + 1) * BLOCK_M, S)
+    else:
+        mid = (S // BLOCK_N) * BLOCK_N
+        hi = S
+    acc1, acc2, l1, l2, m1, m2 = _fwd_inner(
+        acc1, acc2, l1, l2, m1, m2, q1, q2, k1_ptrs, k2_ptrs, v_ptrs, offs_m, 0, mid,
+        stride_ks, stride_vs, S, qk_scale, BLOCK_N, False, CAUSAL, PREC,
+    )  # fmt: skip
+    acc1, acc2, l1, l2, m1, m2 = _fwd_inner(
+        acc1, acc2, l1, l2, m1, m2, q1, q2, k1_ptrs, k2_ptrs, v_ptrs, offs_m, mid, hi,
+        stride_ks, stride_vs, S, qk_scale, BLOCK_N, True, CAUSAL, PREC,
+    )  # fmt: skip
+    lam = tl.load(LAM).to(tl.float32)
+    o2 = acc2 / l2[:, None]
+    out = acc1 / l1[:, None] - lam * o2
+    row_ok = offs_m[:, None] < S
+    o_off = (bh.to(tl.int64) * S + offs_m[:, None]) * DV + offs_dv[None, :]
+    tl.store(OUT + o_off, out.to(OUT.dtype.element_ty), mask=row_ok)
+    tl.store(OUT2 + o_off, o2.to(OUT2.dtype.element_ty), mask=row_ok)
+    if pid_dv == 0:
+        lse_off = (bh.to(tl.int64) * S + offs_m) * 2
+        tl.store(LSE + lse_off, m1 + tl.math.log2(l1), mask=offs_m < S)
+        tl.store(LSE + lse_off + 1, m2 + tl.math.log2(l2), mask=offs_m < S)
+
+
+@triton.jit
+def _diff_attn_bwd_delta_kernel(
+    OUT, OUT2, DO, LAM, DELTA, ROWS, DV: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_R: tl.constexpr
+):
+    # δ1 = rowsum(dO ⊙ O1), δ2 = rowsum(dO ⊙ O2) with O1 = O + λ·O2: the softmax-backward row terms.
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.arange(0, BLOCK_DV)
+    mask = (rows[:, None] < ROWS) & (cols[None, :] < DV)
+    off = rows[:, None].to(tl.int64) * DV + cols[None, :]
+    do = tl.load(DO + off, mask=mask, other=0.0).to(tl.float32)
+    o = tl.load(OUT + off, mask=mask, other=0.0).to(tl.float32)
+    o2 = tl.load(OUT2 + off, mask=mask, other=0.0).to(tl.float32)
+    lam = tl.load(LAM).to(tl.float32)
+    d2 = tl.sum(do * o2, 1)
+    d1 = tl.sum(do * o, 1) + lam * d2
+    tl.store(DELTA + rows * 2, d1, mask=rows < ROWS)
+    tl.store(DELTA + rows * 2 + 1, d2, mask=rows < ROWS)
+
+
+@triton.jit
+def _bwd_kv_inner(
+    dk1, dk2, dv, k1, k2, v, q1_ptrs, q2_ptrs, do_ptrs, LSE_BH, DELTA_BH, offs_n, lo, hi,
+    stride_qs, S, qk_scale, lam,
+    DV: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr, PREC: tl.constexpr,
+):  # fmt: skip
+    for start_m in range(lo, hi, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        row_ok = offs_m < S
+        # Rows past S load as zeros (q, dO, lse, δ): their terms vanish, so only loads need the mask.
+        q1 = tl.load(q1_ptrs + start_m * stride_qs, mask=row_ok[:, None], other=0.0)
+        q2 = tl.load(q2_ptrs + start_m * stride_qs, mask=row_ok[:, None], other=0.0)
+        do = tl.load(do_ptrs + start_m * DV, mask=row_ok[:, None], other=0.0)
+        lse1 = tl.load(LSE_BH + offs_m * 2, mask=row_ok, other=0.0)
+        lse2 = tl.load(LSE_BH + offs_m * 2 + 1, mask=row_ok, other=0.0)
+        d1 = tl.load(DELTA_BH + offs_m * 2, mask=row_ok, other=0.0)
+        d2 = tl.load(DELTA_BH + offs_m * 2 + 1, mask=row_ok, other=0.0)
+        # Transposed scores (BLOCK_N, BLOCK_M): this program owns the keys.
+        p1 = tl.math.exp2(_dot(k1, tl.trans(q1), PREC) * qk_scale - lse1[None, :])
+        p2 = tl.math.exp2(_dot(k2, tl.trans(q2), PREC) * qk_scale - lse2[None, :])
+        if MASKED:
+            valid = offs_m[None, :] >= offs_n[:, None]
+            p1 = tl.where(valid, p1, 0.0)
+            p2 = tl.where(valid, p2, 0.0)
+        dv += _dot((p1 - lam * p2).to(do.dtype), do, PREC)
+        dp = _dot(v, tl.trans(do), PREC)
+        ds1 = p1 * (dp - d1[None, :])
+        ds2 = (-lam) * p2 * (dp - d2[None, :])
+        dk1 += _dot(ds1.to(q1.dtype), q1, PREC)
+        dk2 += _dot(ds2.to(q2.dtype), q2, PREC)
+    return dk1, dk2, dv
+
+
+@triton.autotune(configs=_BWD_KV_CONFIGS, key=["S", "D", "DV", "CAUSAL", "PREC"])
+@triton.jit
+def _diff_attn_bwd_kv_kernel(
+    Q, K, V, DO, LAM, LSE, DELTA, DK, DVAL,
+    stride_qb, stride_qh, stride_qs,
+    stride_kb, stride_kh, stride_ks,
+    stride_vb, stride_vh, stride_vs,
+    H, S, qk_scale, sm_scale,
+    D: tl.constexpr, DV: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    pid_n = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    bh64 = bh.to(tl.int64)
+    start_n = pid_n * BLOCK_N
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D)
+    offs_dv = tl.arange(0, DV)
+    n_ok = offs_n[:, None] < S
+    k_base = K + b * stride_kb + (2 * h) * stride_kh
+    k_off = offs_n[:, None] * stride_ks + offs_d[None, :]
+    k1 = tl.load(k_base + k_off, mask=n_ok, other=0.0)
+    k2 = tl.load(k_base + stride_kh + k_off, mask=n_ok, other=0.0)
+    v = tl.load(
+        V + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vs + offs_dv[None, :],
+        mask=n_ok,
+        other=0.0,
+    )
+    q_base = Q + b * stride_qb + (2 * h) * stride_qh
+    q_off = offs_m[:, None] * stride_qs + offs_d[None, :]
+    q1_ptrs = q_base + q_off
+    q2_ptrs = q_base + stride_qh + q_off
+    do_ptrs = DO + bh64 * S * DV + offs_m[:, None] * DV + offs_dv[None, :]
+    lse_bh = LSE + bh64 * S * 2
+    delta_bh = DELTA + bh64 * S * 2
+    lam = tl.load(LAM).to(tl.float32)
+
+    dk1 = tl.zeros([BLOCK_N, D], tl.float32)
+    dk2 = tl.zeros([BLOCK_N, D], tl.float32)
+    dv = tl.zeros([BLOCK_N, DV], tl.float32)
+    if CAUSAL:
+        # Query blocks that straddle this key block need the causal mask; later ones see all its keys.
+        lo = (start_n // BLOCK_M) * BLOCK_M
+        mid = lo + ((start_n + BLOCK_N - lo + BLOCK_M - 1) // BLOCK_M) * BLOCK_M
+        dk1, dk2, dv = _bwd_kv_inner(
+            dk1, dk2, dv, k1, k2, v, q1_ptrs, q2_ptrs, do_ptrs, lse_bh, delta_bh, offs_n, lo, mid,
+            stride_qs, S, qk_scale, lam, DV, BLOCK_M, True, PREC,
+        )  # fmt: skip
+    else:
+        mid = 0
+    dk1, dk2, dv = _bwd_kv_inner(
+        dk1, dk2, dv, k1, k2, v, q1_ptrs, q2_ptrs, do_ptrs, lse_bh, delta_bh, offs_n, mid, S,
+        stride_qs, S, qk_scale, lam, DV, BLOCK_M, False, PREC,
+    )  # fmt: skip
+    dk_off = ((b * 2 * H + 2 * h) * S + offs_n[:, None]) * D + offs_d[None, :]
+    tl.store(DK + dk_off, (dk1 * sm_scale).to(DK.dtype.element_ty), mask=n_ok)
+    tl.store(DK + dk_off + S * D, (dk2 * sm_scale).to(DK.dtype.element_ty), mask=n_ok)
+    tl.store(
+        DVAL + (bh64 * S + offs_n[:, None]) * DV + offs_dv[None, :], dv.to(DVAL.dtype.element_ty), mask=n_ok
+    )
+
+
+@triton.jit
+def _bwd_q_inner(
+    dq1, dq2, q1, q2, do, lse1, lse2, d1, d2, k1_ptrs, k2_ptrs, v_ptrs, offs_m, lo, hi,
+    stride_ks, stride_vs, S, qk_scale, lam,
+    BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr,
+):  # fmt: skip
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        if MASKED:
+            n_ok = offs_n[:, None] < S
+            k1 = tl.load(k1_ptrs + start_n * stride_ks, mask=n_ok, other=0.0)
+            k2 = tl.load(k2_ptrs + start_n * stride_ks, mask=n_ok, other=0.0)
+            v = tl.load(v_ptrs + start_n * stride_vs, mask=n_ok, other=0.0)
+        else:
+            k1 = tl.load(k1_ptrs + start_n * stride_ks)
+            k2 = tl.load(k2_ptrs + start_n * stride_ks)
+            v = tl.load(v_ptrs + start_n * stride_vs)
+        p1 = tl.math.exp2(_dot(q1, tl.trans(k1), PREC) * qk_scale - lse1[:, None])
+        p2 = tl.math.exp2(_dot(q2, tl.trans(k2), PREC) * qk_scale - lse2[:, None])
+        if MASKED:
+            valid = offs_n[None, :] < S
+            if CAUSAL:
+                valid = valid & (offs_m[:, None] >= offs_n[None, :])
+            p1 = tl.where(valid, p1, 0.0)
+            p2 = tl.where(valid, p2, 0.0)
+        dp = _dot(do, tl.trans(v), PREC)
+        ds1 = p1 * (dp - d1[:, None])
+        ds2 = (-lam) * p2 * (dp - d2[:, None])
+        dq1 += _dot(ds1.to(k1.dtype), k1, PREC)
+        dq2 += _dot(ds2.to(k2.dtype), k2, PREC)
+    return dq1, dq2
+
+
+@triton.autotune(configs=_BWD_Q_CONFIGS, key=["S", "D", "DV", "CAUSAL", "PREC"])
+@triton.jit
+def _diff_attn_bwd_q_kernel(
+    Q, K, V, DO, LAM, LSE, DELTA, DQ,
+    stride_qb, stride_qh, stride_qs,
+    stride_kb, stride_kh, stride_ks,
+    stride_vb, stride_vh, stride_vs,
+    H, S, qk_scale, sm_scale,
+    D: tl.constexpr, DV: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    bh64 = bh.to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D)
+    offs_dv = tl.arange(0, DV)
+    m_ok = offs_m < S
+    q_base = Q + b * stride_qb + (2 * h) * stride_qh
+    q_off = offs_m[:, None] * stride_qs + offs_d[None, :]
+    q1 = tl.load(q_base + q_off, mask=m_ok[:, None], other=0.0)
+    q2 = tl.load(q_base + stride_qh + q_off, mask=m_ok[:, None], other=0.0)
+    do = tl.load(DO + (bh64 * S + offs_m[:, None]) * DV + offs_dv[None, :], mask=m_ok[:, None], other=0.0)
+    lse1 = tl.load(LSE + (bh64 * S + offs_m) * 2, mask=m_ok, other=0.0)
+    lse2 = tl.load(LSE + (bh64 * S + offs_m) * 2 + 1, mask=m_ok, other=0.0)
+    d1 = tl.load(DELTA + (bh64 * S + offs_m) * 2, mask=m_ok, other=0.0)
+    d2 = tl.load(DELTA + (bh64 * S + offs_m) * 2 + 1, mask=m_ok, other=0.0)
+    k_base = K + b * stride_kb + (2 * h) * stride_kh
+    k_off = offs_n[:, None] * stride_ks + offs_d[None, :]
+    k1_ptrs = k_base + k_off
+    k2_ptrs = k_base + stride_kh + k_off
+    v_ptrs = V + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vs + offs_dv[None, :]
+    lam = tl.load(LAM).to(tl.float32)
+
+    dq1 = tl.zeros([BLOCK_M, D], tl.float32)
+    dq2 = tl.zeros([BLOCK_M, D], tl.float32)
+    if CAUSAL:
+        mid = (pid_m * BLOCK_M // BLOCK_N) * BLOCK_N
+        hi = tl.minimum((pid_m + 1) * BLOCK_M, S)
+    else:
+        mid = (S // BLOCK_N) * BLOCK_N
+        hi = S
+    dq1, dq2 = _bwd_q_inner(
+        dq1, dq2, q1, q2, do, lse1, lse2, d1, d2, k1_ptrs, k2_ptrs, v_ptrs, offs_m, 0, mid,
+        stride_ks, stride_vs, S, qk_scale, lam, BLOCK_N, False, CAUSAL, PREC,
+    )  # fmt: skip
+    dq1, dq2 = _bwd_q_inner(
+        dq1, dq2, q1, q2, do, lse1, lse2, d1, d2, k1_ptrs, k2_ptrs, v_ptrs, offs_m, mid, hi,
+        stride_ks, stride_vs, S, qk_scale, lam, BLOCK_N, True, CAUSAL, PREC,
+    )  # fmt: skip
+    dq_off = ((b * 2 * H + 2 * h) * S + offs_m[:, None]) * D + offs_d[None, :]
+    tl.store(DQ + dq_off, (dq1 * sm_scale).to(DQ.dtype.element_ty), mask=m_ok[:, None])
+    tl.store(DQ + dq_off + S * D, (dq2 * sm_scale).to(DQ.dtype.element_ty), mask=m_ok[:, None])
+
+
+_LOG2E = 1.4426950408889634
+
+
+def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _strides(t: torch.Tensor) -> tuple[int, int, int]:
+    return t.stride(0), t.stride(1), t.stride(2)
+
+
+class _DiffAttnFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, lambda_, causal, sm_scale):
+        q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+        bsz, two_h, seq, d = q.shape
+        heads, dv = two_h // 2, v.shape[-1]
+        lam = lambda_.detach().float().reshape(1)
+        out = torch.empty((bsz, heads, seq, dv), dtype=v.dtype, device=v.device)
+        o2 = torch.empty_like(out)
+        lse = torch.empty((bsz, heads, seq, 2), dtype=torch.float32, device=v.device)
+        prec = "ieee" if q.dtype == torch.float32 else ("upcast" if interpreting() else "tf32")
+
+        def grid(meta):
+            return (triton.cdiv(seq, meta["BLOCK_M"]), bsz * heads, meta["DV_SPLIT"])
+
+        launch(
+            _diff_attn_fwd_kernel, grid,
+            q, k, v, lam, out, o2, lse,
+            *_strides(q), *_strides(k), *_strides(v),
+            heads, seq, sm_scale * _LOG2E,
+            D=d, DV=dv, CAUSAL=causal, PREC=prec,
+        )  # fmt: skip
+        ctx.save_for_backward(q, k, v, lam, out, o2, lse)
+        ctx.causal, ctx.sm_scale, ctx.prec = causal, sm_scale, prec
+        ctx.lambda_dtype = lambda_.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, lam, out, o2, lse = ctx.saved_tensors
+        bsz, two_h, seq, d = q.shape
+        heads, dv = two_h // 2, v.shape[-1]
+        dout = dout.contiguous()
+        delta = torch.empty_like(lse)
+        rows = bsz * heads * seq
+        block_r = 16
+        launch_plain = _diff_attn_bwd_delta_kernel[(triton.cdiv(rows, block_r),)]
+        launch_plain(
+            out, o2, dout, lam, delta, rows, DV=dv, BLOCK_DV=triton.next_power_of_2(dv), BLOCK_R=block_r
+        )
+        dq = torch.empty((bsz, two_h, seq, d), dtype=q.dtype, device=q.device)
+        dk = torch.empty((bsz, two_h, seq, d), dtype=k.dtype, device=k.device)
+        dval = torch.empty((bsz, heads, seq, dv), dtype=v.dtype, device=v.device)
+        common = dict(D=d, DV=dv, CAUSAL=ctx.causal, PREC=ctx.prec)
+        args = (*_strides(q), *_strides(k), *_strides(v), heads, seq, ctx.sm_scale * _LOG2E, ctx.sm_scale)
+        launch(
+            _diff_attn_bwd_kv_kernel,
+            lambda meta: (triton.cdiv(seq, meta["BLOCK_N"]), bsz * heads),
+            q, k, v, dout, lam, lse, delta, dk, dval, *args, **common,
+        )  # fmt: skip
+        launch(
+            _diff_attn_bwd_q_kernel,
+            lambda meta: (triton.cdiv(seq, meta["BLOCK_M"]), bsz * heads),
+            q, k, v, dout, lam, lse, delta, dq, *args, **common,
+        )  # fmt: skip
+        # out = O1 − λ·O2, so d out / d λ = −O2 and dλ = −Σ rowsum(dO ⊙ O2) = −Σ δ2.
+        dlambda = -delta[..., 1].sum()
+        return dq, dk, dval, dlambda.to(ctx.lambda_dtype), None, None
+
+
+def _triton_ok(q: torch.Tensor, v: torch.Tensor) -> bool:
+    d, dv = q.shape[-1], v.shape[-1]
+    pow2 = d == triton.next_power_of_2(d) and dv == triton.next_power_of_2(dv)
+    return pow2 and 16 <= d <= 256 and 16 <= dv <= 512 and q.dtype == v.dtype
 
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lambda_: torch.Tensor) -> None:
@@ -65,6 +509,9 @@ def diff_attention(
     s = sm_scale or 1/√D. Gradients flow to q, k, v and lambda_. No sub-layer norm here (the module does it).
     """
     _check(q, k, v, lambda_)
+    scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    if use_triton(q, k, v) and _triton_ok(q, v):
+        return _DiffAttnFn.apply(q, k, v, lambda_, causal, scale)
     return reference_diff_attention(q, k, v, lambda_, causal=causal, sm_scale=sm_scale)
 
 

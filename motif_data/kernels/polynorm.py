@@ -32,13 +32,15 @@ _WARP_CONFIGS = [triton.Config({}, num_warps=w) for w in (4, 8, 16)]
 # Pure-PyTorch reference (the CPU path and the tests' ground truth)
 # ---------------------------------------------------------------------------------------------------------
 def _reference_fp32(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
-    xf = x.float()
-    w = weight.float()
+    # fp32 at least; float64 inputs stay float64 so tests can use it as a high-precision ground truth.
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    xf = x.to(dtype)
+    w = weight.to(dtype)
 
     def norm(u: torch.Tensor) -> torch.Tensor:
         return u * torch.rsqrt(u.pow(2).mean(-1, keepdim=True) + eps)
 
-    return w[0] * norm(xf.pow(3)) + w[1] * norm(xf.pow(2)) + w[2] * norm(xf) + bias.float()
+    return w[0] * norm(xf.pow(3)) + w[1] * norm(xf.pow(2)) + w[2] * norm(xf) + bias.to(dtype)
 
 
 def reference_poly_norm(
@@ -52,7 +54,8 @@ def reference_poly_norm_mul(
     x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-6
 ) -> torch.Tensor:
     """PolyNorm(x) ⊙ y in plain PyTorch, the product taken in fp32 before the one rounding to x.dtype."""
-    return (_reference_fp32(x, weight, bias, eps) * y.float()).to(x.dtype)
+    p = _reference_fp32(x, weight, bias, eps)
+    return (p * y.to(p.dtype)).to(x.dtype)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,0 +1,226 @@
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from motif_data import DOMAINS
+from motif_data.mixer import MixtureSchedule, QuotaSampler, Stage
+from motif_data.shards import ShardError
+from motif_data.trainer_hook import DomainExhaustedError, MixtureDataLoader, MixtureDataset
+
+SEQ = 24
+SCHED = MixtureSchedule.preset("motif-2.6b", stage1_tokens=400 * SEQ, anneal_tokens=100 * SEQ)
+
+
+def _reference_stream(docs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The domain's documents joined, and each token's position in its document, from the original docs."""
+    return np.concatenate(docs).astype(np.int64), np.concatenate([np.arange(len(d)) for d in docs])
+
+
+def _key(item) -> bytes:
+    return item["input_ids"].numpy().tobytes() + item["position_ids"].numpy().tobytes()
+
+
+def test_items_are_the_packed_windows_of_the_original_documents(small_build):
+    manifest, docs = small_build
+    ds = MixtureDataset(manifest, SCHED, SEQ, seed=5)
+    dom, _, window = ds.locate(0, 600)
+    expected_domains = QuotaSampler(SCHED, SEQ, seed=5).domains(0, 600)
+    assert np.array_equal(dom, expected_domains)
+    refs = {d: _reference_stream(docs[name]) for d, name in enumerate(DOMAINS)}
+    for g, item in enumerate(ds.items(0, 600)):
+        d, w = int(dom[g]), int(window[g])
+        tokens, positions = refs[d]
+        span = slice(w * (SEQ + 1), (w + 1) * (SEQ + 1))
+        assert item["domain"].item() == d
+        assert item["input_ids"].dtype == torch.int64 and item["input_ids"].shape == (SEQ + 1,)
+        assert np.array_equal(item["input_ids"].numpy(), tokens[span])
+        assert np.array_equal(item["position_ids"].numpy(), positions[span])
+
+
+def test_one_epoch_of_a_domain_covers_every_window_once_and_the_next_epoch_reshuffles(small_build):
+    manifest, docs = small_build
+    code = {d: 0.0 for d in DOMAINS} | {"code": 1.0}
+    ds = MixtureDataset(manifest, MixtureSchedule.constant(code), SEQ, seed=1)
+    n = ds.domains[DOMAINS.index("code")].sequences
+    _, epoch, window = ds.locate(0, 2 * n)
+    assert (epoch[:n] == 0).all() and (epoch[n:] == 1).all()
+    assert np.array_equal(np.sort(window[:n]), np.arange(n))
+    assert np.array_equal(np.sort(window[n:]), np.arange(n))
+    assert not np.array_equal(window[:n], window[n:])
+    assert ds.epochs(2 * n)["code"] == pytest.approx(2.0)
+    strict = MixtureDataset(
+        manifest, MixtureSchedule.constant(code), SEQ, seed=1, exhaustion={"code": "error"}
+    )
+    assert len(list(strict.items(0, n))) == n
+    with pytest.raises(DomainExhaustedError, match=f"'code' is exhausted at global sequence {n}"):
+        strict.locate(n - 3, n + 3)
+
+
+def test_packing_keeps_every_token_of_real_documents(tmp_path, shared_data, o200k, build_tools):
+    _, write_build = build_tools
+    import zstandard
+
+    raw = (
+        zstandard.ZstdDecompressor()
+        .stream_reader(open(shared_data / "math/gsm8k_train.jsonl.zst", "rb"))
+        .read()
+    )
+    import json
+
+    texts = [json.loads(line)["text"] for line in raw.decode().split("\n")[:60] if line]
+    docs = [np.array(o200k.encode_ordinary(t) + [o200k.eot_token], dtype=np.uint32) for t in texts]
+    write_build(tmp_path, {"math": docs}, max_tokens=3000)
+    seq = 64
+    ds = MixtureDataset(tmp_path / "manifest.json", MixtureSchedule.constant({"math": 1.0}), seq, seed=0)
+    n = ds.domains[DOMAINS.index("math")].sequences
+    _, _, window = ds.locate(0, n)
+    by_window = dict(zip(window.tolist(), ds.items(0, n), strict=True))
+    joined = np.concatenate([by_window[w]["input_ids"].numpy() for w in range(n)])
+    text = o200k.decode(joined.tolist())
+    everything = "".join(t + "<|endoftext|>" for t in texts)
+    assert len(joined) == n * (seq + 1) > sum(len(d) for d in docs) - (seq + 1)
+    assert everything.startswith(text)
+    starts = np.concatenate([by_window[w]["position_ids"].numpy() for w in range(n)]) == 0
+    assert (joined[np.flatnonzero(starts)[1:] - 1] == o200k.eot_token).all()  # each document follows an EOT
+
+
+def _run(manifest, world, workers, batch, limit, state=None, seed=7):
+    """Global order as the trainer sees it: step by step, the ranks' batches in rank order."""
+    loaders = []
+    for r in range(world):
+        ds = MixtureDataset(manifest, SCHED, SEQ, seed, rank=r, world_size=world, batch_size=batch,
+                            max_sequences=limit)  # fmt: skip
+        dl = MixtureDataLoader(ds, num_workers=workers)
+        if state is not None:
+            dl.load_state_dict(state)
+        loaders.append(dl)
+    out = []
+    for batches in zip(*loaders, strict=True):
+        for b in batches:
+            out += [b["input_ids"][i].numpy().tobytes() + b["position_ids"][i].numpy().tobytes()
+                    for i in range(len(b["domain"]))]  # fmt: skip
+    return out, loaders[0]
+
+
+@pytest.mark.parametrize("world", [1, 2, 4])
+def test_ranks_and_workers_see_every_global_index_exactly_once_in_order(small_build, world):
+    manifest, _ = small_build
+    limit = 96  # a multiple of every global batch below
+    reference = [_key(x) for x in MixtureDataset(manifest, SCHED, SEQ, seed=7).items(0, limit)]
+    assert len(set(reference)) == limit  # distinct windows, so order and duplicates are visible
+    for workers in range(4):
+        got, _ = _run(manifest, world, workers, batch=3 if world < 4 else 2, limit=limit)
+        assert got == reference, (world, workers)
+
+
+def test_resume_is_bitwise_with_other_workers_and_world_sizes(small_build):
+    manifest, _ = small_build
+    limit = 144
+    reference = [_key(x) for x in MixtureDataset(manifest, SCHED, SEQ, seed=7).items(0, limit)]
+    # global batch 12 throughout: (world, batch) = (2, 6) -> (4, 3), (1, 12), (3, 4)
+    rng = np.random.default_rng(3)
+    for (w0, n0), (w1, b1, n1) in [((2, 1), (4, 3, 2)), ((2, 2), (1, 12, 0)), ((2, 0), (3, 4, 3))]:
+        steps = int(rng.integers(1, limit // 12))
+        loaders = [
+            MixtureDataLoader(MixtureDataset(manifest, SCHED, SEQ, 7, r, w0, batch_size=6), num_workers=n0)
+            for r in range(w0)
+        ]
+        for _ in zip(range(steps), *loaders, strict=False):  # range first: no extra batch is pulled
+            pass
+        state = loaders[0].state_dict()
+        assert state["position"] == steps * 12 and all(dl.state_dict() == state for dl in loaders)
+        got, _ = _run(manifest, w1, n1, batch=b1, limit=limit, state=state)
+        assert got == reference[steps * 12 :], (w0, n0, w1, n1, steps)
+
+
+def test_dataset_state_resumes_mid_batch_in_the_main_process(small_build):
+    manifest, _ = small_build
+    ds = MixtureDataset(manifest, SCHED, SEQ, seed=2, batch_size=5)
+    it = iter(ds)
+    head = [_key(next(it)) for _ in range(13)]
+    state = ds.state_dict()
+    assert state["position"] == 10 and state["item"] == 3
+    tail = [_key(x) for x in itertools.islice(it, 20)]
+    again = MixtureDataset(manifest, SCHED, SEQ, seed=2, batch_size=5)
+    again.load_state_dict(state)
+    assert [_key(x) for x in itertools.islice(iter(again), 20)] == tail
+    assert head + tail == [_key(x) for x in again.items(0, 33)]
+    other_world = MixtureDataset(manifest, SCHED, SEQ, seed=2, rank=0, world_size=5, batch_size=1)
+    with pytest.raises(ValueError, match="mid-batch"):
+        other_world.load_state_dict(state)
+
+
+def test_torchdata_stateful_dataloader_resumes_with_workers(small_build):
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    manifest, _ = small_build
+
+    def make():
+        ds = MixtureDataset(
+            manifest, SCHED, SEQ, seed=4, rank=1, world_size=2, batch_size=4, max_sequences=160
+        )
+        return StatefulDataLoader(ds, batch_size=4, num_workers=2)
+
+    dl = make()
+    it = iter(dl)
+    for _ in range(5):
+        next(it)
+    state = dl.state_dict()
+    rest = [b["input_ids"] for b in it]
+    resumed = make()
+    resumed.load_state_dict(state)
+    again = [b["input_ids"] for b in resumed]
+    assert len(rest) == len(again) == 20 - 5 and all(
+        torch.equal(a, b) for a, b in zip(rest, again, strict=True)
+    )
+    full = [_key(x) for x in make().dataset.items(0, 160)]
+    assert [x.numpy().tobytes() for x in rest[-1]] == [k[: (SEQ + 1) * 8] for k in full[-4:]]
+
+
+def test_a_state_from_another_configuration_is_refused(small_build):
+    manifest, _ = small_build
+    state = MixtureDataLoader(MixtureDataset(manifest, SCHED, SEQ, seed=1, batch_size=2)).state_dict()
+    for other in (
+        MixtureDataset(manifest, SCHED, SEQ, seed=2, batch_size=2),
+        MixtureDataset(manifest, SCHED, SEQ + 1, seed=1, batch_size=2),
+        MixtureDataset(manifest, MixtureSchedule.preset("motif-2.6b"), SEQ, seed=1, batch_size=2),
+    ):
+        with pytest.raises(ValueError, match="another configuration"):
+            other.load_state_dict(state)
+    with pytest.raises(ValueError, match="not a multiple of the global micro-batch 6"):
+        MixtureDataset(manifest, SCHED, SEQ, seed=1, batch_size=3, rank=0, world_size=2).load_state_dict(
+            state | {"position": 8}
+        )
+
+
+def test_bad_builds_and_arguments_fail_with_a_clear_message(tmp_path, build_tools):
+    random_docs, write_build = build_tools
+    rng = np.random.default_rng(1)
+    manifest = write_build(
+        tmp_path, {d: random_docs(rng, 40, i) for i, d in enumerate(DOMAINS) if d != "math"}
+    )
+    path = tmp_path / "manifest.json"
+    with pytest.raises(ValueError, match="draws from \\['math'\\]"):
+        MixtureDataset(path, SCHED, SEQ, seed=0)
+    no_math = MixtureSchedule([Stage("s", 1e6, {"web": 0.5, "code": 0.5}, {"web": 0.5, "code": 0.5})])
+    with pytest.raises(ValueError, match="seq_len must be a positive integer, got 0"):
+        MixtureDataset(path, no_math, 0, seed=0)
+    with pytest.raises(ValueError, match="tokenizer fingerprint"):
+        MixtureDataset(path, no_math, SEQ, seed=0, tokenizer="cd" * 32)
+    MixtureDataset(path, no_math, SEQ, seed=0, tokenizer="ab" * 32)
+    shard = manifest.domains["code"].shards[0]
+    data = (tmp_path / shard.path).read_bytes()
+    flipped = bytearray(data)
+    flipped[5] ^= 1
+    (tmp_path / shard.path).write_bytes(bytes(flipped))
+    MixtureDataset(path, no_math, SEQ, seed=0)  # sizes agree: only verification notices
+    with pytest.raises(ShardError, match="checksum mismatch"):
+        MixtureDataset(path, no_math, SEQ, seed=0, verify=True)
+    (tmp_path / shard.path).write_bytes(data[:-4])
+    with pytest.raises(ShardError, match="truncated"):
+        MixtureDataset(path, no_math, SEQ, seed=0)
+    (tmp_path / shard.path).unlink()
+    with pytest.raises(ShardError, match="missing"):
+        MixtureDataset(path, no_math, SEQ, seed=0)

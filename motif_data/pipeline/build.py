@@ -1,0 +1,264 @@
+"""A build: the datatrove stages from sources to per-domain shards, run by one executor kind, then the manifest.
+
+Stages (each a datatrove executor run whose completion markers make a killed build resumable):
+
+1. ``ingest``   read → route → filter → spill to ``.build/docs/{rank}.jsonl`` → exact-dedup signatures
+2. ``exact``    datatrove's exact duplicate finder (one task)
+3. ``minhash-signatures``  spill → drop exact duplicates → MinHash signatures
+4. ``minhash-buckets`` / 5. ``minhash-clusters``  datatrove's LSH buckets and clustering
+6. ``tokenize`` spill → drop duplicates → tokenize → shards
+then the manifest: shards listed in rank order, so the output depends on ``executor.tasks`` but not on the
+executor kind or the number of workers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from motif_data import DOMAINS
+from motif_data.atomic import atomic_write_text
+from motif_data.pipeline.config import BuildConfig, expand_paths
+from motif_data.pipeline.layout import LOGS_DIR, SPILL_DIR, WORK_DIR
+from motif_data.shards import Manifest
+
+__all__ = ["build", "describe_plan", "stages"]
+Log = Callable[[str], None]
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    pipeline: list
+    tasks: int
+
+
+def _spill_reader(work: Path):
+    from motif_data.pipeline.readers import SpillReader
+
+    return SpillReader(str(work / SPILL_DIR), compression=None, add_file_path=False)
+
+
+def stages(config: BuildConfig, out: Path) -> list[Stage]:
+    """The datatrove pipelines of a build writing to ``out``, in order."""
+    from datatrove.pipeline.dedup import MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter
+    from datatrove.pipeline.dedup.exact_dedup import ExactDedupFilter, ExactDedupSignature, ExactFindDedups
+    from datatrove.pipeline.writers import JsonlWriter
+
+    from motif_data.pipeline.accounting import Tally
+    from motif_data.pipeline.dedup import DomainMinhashSignature, exact_config, minhash_config
+    from motif_data.pipeline.filters import SourceFilters
+    from motif_data.pipeline.readers import SourceReader, assign_files
+    from motif_data.pipeline.router import DomainRouter
+    from motif_data.pipeline.tokenize import TokenizeStep
+    from motif_data.pipeline.write import ShardWriteStep
+
+    work = out / WORK_DIR
+    n = config.executor.tasks
+    exact, near = config.dedup.exact, config.dedup.near
+    ecfg, mcfg = exact_config(), minhash_config(config.dedup)
+    files = assign_files(config.sources, n)
+    ingest = [SourceReader(s, files[s.name]) for s in config.sources]
+    ingest += [
+        DomainRouter(config.sources),
+        SourceFilters(config.sources),
+        JsonlWriter(str(work / SPILL_DIR), output_filename="${rank}.jsonl", compression=None),
+    ]
+    if exact:
+        ingest.append(ExactDedupSignature(str(work / "exact/sigs"), config=ecfg))
+    result = [Stage("ingest", ingest, n)]
+    drop_exact = [ExactDedupFilter(str(work / "exact/dups"), config=ecfg)] if exact else []
+    if exact:
+        result.append(
+            Stage("exact", [ExactFindDedups(str(work / "exact/sigs"), str(work / "exact/dups"), ecfg)], 1)
+        )
+    if near:
+        sig = DomainMinhashSignature(str(work / "minhash/sigs"), config=mcfg)
+        result += [
+            Stage("minhash-signatures", [_spill_reader(work), *drop_exact, sig], n),
+            Stage(
+                "minhash-buckets",
+                [MinhashDedupBuckets(str(work / "minhash/sigs"), str(work / "minhash/buckets"), config=mcfg)],
+                config.dedup.bands,
+            ),
+            Stage(
+                "minhash-clusters",
+                [
+                    MinhashDedupCluster(
+                        str(work / "minhash/buckets"), str(work / "minhash/remove"), config=mcfg
+                    )
+                ],
+                1,
+            ),
+        ]
+    drop_near = [MinhashDedupFilter(str(work / "minhash/remove"))] if near else []
+    tokenize = [
+        _spill_reader(work),
+        Tally("dedup_in"),
+        *drop_exact,
+        Tally("after_exact"),
+        *drop_near,
+        Tally("after_near"),
+        TokenizeStep(config.tokenizer, config.sources),
+        ShardWriteStep(str(out), str(work), config.shard_tokens),
+    ]
+    result.append(Stage("tokenize", tokenize, n))
+    return result
+
+
+def _executors(config: BuildConfig, out: Path, plan: list[Stage]) -> list:
+    ex = config.executor
+    logs = out / WORK_DIR / LOGS_DIR
+    made: list = []
+    for i, stage in enumerate(plan):
+        logging_dir = str(logs / f"{i + 1}-{stage.name}")
+        workers = min(ex.workers, stage.tasks)
+        if ex.kind == "local":
+            from datatrove.executor import LocalPipelineExecutor
+
+            made.append(
+                LocalPipelineExecutor(
+                    stage.pipeline, tasks=stage.tasks, workers=workers, logging_dir=logging_dir
+                )
+            )
+        elif ex.kind == "ray":
+            from datatrove.executor.ray import RayPipelineExecutor
+
+            made.append(
+                RayPipelineExecutor(
+                    stage.pipeline,
+                    tasks=stage.tasks,
+                    workers=workers,
+                    logging_dir=logging_dir,
+                    cpus_per_task=ex.cpus_per_task,
+                    mem_per_cpu_gb=ex.mem_per_cpu_gb,
+                )
+            )
+        else:
+            from datatrove.executor.slurm import SlurmPipelineExecutor
+
+            made.append(
+                SlurmPipelineExecutor(
+                    stage.pipeline,
+                    tasks=stage.tasks,
+                    workers=ex.workers,
+                    time=ex.time,
+                    partition=ex.partition,
+                    cpus_per_task=ex.cpus_per_task,
+                    mem_per_cpu_gb=ex.mem_per_cpu_gb,
+                    qos=ex.qos,
+                    venv_path=ex.venv_path,
+                    sbatch_args=dict(ex.sbatch_args) or None,
+                    job_name=f"motif-{stage.name}",
+                    logging_dir=logging_dir,
+                    depends=made[-1] if made else None,
+                )
+            )
+    return made
+
+
+def describe_plan(config: BuildConfig, out: Path | None = None) -> str:
+    """What a build would do: sources → domains with file counts, then the stages."""
+    out = Path(out or config.output)
+    lines = [
+        f"build {config.path or '(config)'} → {out}",
+        f"tokenizer: {config.tokenizer or 'o200k_base'}",
+        "",
+    ]
+    lines.append(f"{'source':<22}{'format':<10}{'files':>7}  domain")
+    for s in config.sources:
+        files = "hub" if s.format == "hf" else str(len(expand_paths(s)))
+        if s.domain:
+            target = s.domain
+        else:
+            rules = [f"{r.field or r.url and 'url' or 'script'}→{r.domain}" for r in s.route]
+            target = "route: " + ", ".join(rules) + (f", else {s.default_domain}" if s.default_domain else "")
+        lines.append(f"{s.name:<22}{s.format:<10}{files:>7}  {target}")
+    lines.append("")
+    ex = config.executor
+    lines.append(f"executor: {ex.kind}, {ex.tasks} tasks, {ex.workers} workers")
+    for i, st in enumerate(stages(config, out)):
+        lines.append(f"  {i + 1}. {st.name:<20} {st.tasks} task(s)")
+    return "\n".join(lines)
+
+
+def _prepare(config: BuildConfig, out: Path, force: bool) -> None:
+    work = out / WORK_DIR
+    plan_file = work / "plan.json"
+    finished = (out / "manifest.json").exists()
+    if finished and not force:
+        raise FileExistsError(f"{out} holds a finished build (manifest.json): pass --force to rebuild it")
+    if not finished and out.is_dir() and any(out.iterdir()) and not force:
+        if not plan_file.is_file():
+            raise FileExistsError(
+                f"{out} is not empty and holds no build: choose another --out or pass --force"
+            )
+        if json.loads(plan_file.read_text())["fingerprint"] != config.fingerprint():
+            raise FileExistsError(
+                f"{out} holds an unfinished build of a different config: pass --force to discard it"
+            )
+    if force:
+        for name in ("manifest.json", "stats.json"):
+            (out / name).unlink(missing_ok=True)
+        for name in (*DOMAINS, WORK_DIR):
+            shutil.rmtree(out / name, ignore_errors=True)
+    plan = {"fingerprint": config.fingerprint(), "config": dataclasses.asdict(config)}
+    atomic_write_text(plan_file, json.dumps(plan, indent=1, sort_keys=True))
+
+
+def build(
+    config: BuildConfig, out: str | Path | None = None, force: bool = False, log: Log = _stderr
+) -> Manifest | None:
+    """Run (or resume) a build; returns its manifest, or ``None`` for Slurm, whose jobs are only submitted."""
+    out = Path(out or config.output).absolute()
+    config = config.with_output(out)
+    _prepare(config, out, force)
+    plan = stages(config, out)
+    executors = _executors(config, out, plan)
+    if config.executor.kind == "slurm":
+        from datatrove.executor.slurm import SlurmPipelineExecutor
+
+        from motif_data.pipeline.write import FinalizeStep
+
+        executors.append(
+            SlurmPipelineExecutor(
+                [FinalizeStep(config)],
+                tasks=1,
+                time=config.executor.time,
+                partition=config.executor.partition,
+                job_name="motif-finalize",
+                logging_dir=str(out / WORK_DIR / "finalize"),
+                depends=executors[-1],
+            )
+        )
+        executors[-1].run()
+        log(f"submitted {len(executors)} slurm jobs; the manifest appears in {out} when they finish")
+        return None
+    if config.executor.kind == "ray":
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(address=config.executor.ray_address, include_dashboard=False)
+    for i, (stage, executor) in enumerate(zip(plan, executors, strict=True)):
+        log(f"[{i + 1}/{len(plan)}] {stage.name}: {stage.tasks} task(s) …")
+        start = time.perf_counter()
+        executor.run()
+        missing = executor.get_incomplete_ranks(skip_completed=True)
+        if missing:
+            raise RuntimeError(
+                f"stage {stage.name}: tasks {missing} did not complete; see {executor.logging_dir.path}"
+            )
+        log(f"[{i + 1}/{len(plan)}] {stage.name}: done in {time.perf_counter() - start:.1f} s")
+    from motif_data.pipeline.manifest import finalize
+
+    return finalize(config, out, log)

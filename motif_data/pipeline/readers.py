@@ -1,0 +1,269 @@
+"""Source readers: datatrove steps that turn the files of one configured source into ``Document``s.
+
+Unlike datatrove's own readers they never drop a record silently: a record that cannot become a usable
+document (malformed JSON, missing text, invalid UTF-8, empty or too large text, a truncated or empty file)
+is still yielded, with empty text and its reason in ``metadata["_error"]``, so that the router can count it
+against its source and domain.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import zstandard
+from datatrove.data import Document, DocumentsPipeline
+from datatrove.pipeline.base import PipelineStep
+from datatrove.pipeline.readers import JsonlReader
+
+from motif_data.pipeline.config import SourceConfig, expand_paths, is_url
+
+__all__ = [
+    "SourceReader",
+    "SpillReader",
+    "assign_files",
+    "read_records",
+    "ERROR_KEY",
+    "SOURCE_KEY",
+    "TruncatedFile",
+]
+
+ERROR_KEY = "_error"
+SOURCE_KEY = "source"
+_CHUNK = 1 << 20
+# Metadata kept per document must stay small: the spill files carry it between stages.
+_MAX_META_VALUE = 4096
+
+
+class TruncatedFile(Exception):
+    """A compressed stream ended in the middle of a frame."""
+
+
+def _zstd_chunks(raw: io.BufferedIOBase) -> Iterator[bytes]:
+    """Decompressed bytes of a (multi-frame) zstd stream; raises ``TruncatedFile`` if it ends mid-frame.
+
+    ``zstandard``'s stream reader returns EOF quietly on a cut file, so frames are tracked here.
+    """
+    dctx = zstandard.ZstdDecompressor()
+    dobj = dctx.decompressobj()
+    in_frame = False
+    while block := raw.read(_CHUNK):
+        while block:
+            out = dobj.decompress(block)
+            in_frame = True
+            if out:
+                yield out
+            if dobj.eof:
+                block = dobj.unused_data
+                dobj = dctx.decompressobj()
+                in_frame = False
+            else:
+                block = b""
+    if in_frame:
+        raise TruncatedFile("zstd stream ends inside a frame")
+
+
+def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    # Split on b"\n" only: texts may hold U+2028/U+2029, which str.splitlines() would also split on.
+    rest = b""
+    for chunk in chunks:
+        parts = (rest + chunk).split(b"\n")
+        rest = parts.pop()
+        yield from parts
+    if rest:
+        yield rest
+
+
+def _open(path: str):
+    import fsspec
+
+    return fsspec.open(path, "rb").open()
+
+
+def _raw_chunks(path: str) -> Iterator[bytes]:
+    with _open(path) as raw:
+        if path.endswith((".zst", ".zstd")):
+            yield from _zstd_chunks(raw)
+        elif path.endswith(".gz"):
+            import gzip
+
+            try:
+                with gzip.GzipFile(fileobj=raw) as gz:
+                    while block := gz.read(_CHUNK):
+                        yield block
+            except EOFError as e:
+                raise TruncatedFile(str(e)) from e
+        else:
+            while block := raw.read(_CHUNK):
+                yield block
+
+
+def _record_from_json(line: bytes) -> tuple[dict | None, str | None]:
+    import orjson
+
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError:
+        return None, "invalid_utf8"
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None, "malformed_json"
+    if not isinstance(record, dict):
+        return None, "malformed_json"
+    return record, None
+
+
+def _jsonl(path: str) -> Iterator[tuple[dict | None, str | None]]:
+    for line in _lines(_raw_chunks(path)):
+        if line.strip():
+            yield _record_from_json(line)
+
+
+def _parquet(path: str, text_field: str) -> Iterator[tuple[dict | None, str | None]]:
+    import pyarrow.parquet as pq
+
+    with _open(path) as f:
+        pf = pq.ParquetFile(f)
+        if text_field not in pf.schema_arrow.names:
+            for _ in range(pf.metadata.num_rows):
+                yield None, "missing_text"
+            return
+        for batch in pf.iter_batches(batch_size=1024):
+            yield from ((row, None) for row in batch.to_pylist())
+
+
+def _text(path: str, text_field: str) -> Iterator[tuple[dict | None, str | None]]:
+    data = b"".join(_raw_chunks(path))
+    try:
+        yield {text_field: data.decode("utf-8")}, None
+    except UnicodeDecodeError:
+        yield None, "invalid_utf8"
+
+
+def _hf(source: SourceConfig, rank: int, world_size: int) -> Iterator[tuple[dict | None, str | None]]:
+    from datasets import load_dataset
+    from datasets.distributed import split_dataset_by_node
+
+    ds = load_dataset(
+        source.dataset,
+        source.subset,
+        split=source.split,
+        data_files=list(source.data_files) or None,
+        revision=source.revision,
+        streaming=True,
+    )
+    for row in split_dataset_by_node(ds, rank=rank, world_size=world_size):
+        yield row, None
+
+
+def read_records(source: SourceConfig, path: str) -> Iterator[tuple[dict | None, str | None]]:
+    """``(record, None)`` for each record of one file, or ``(None, reason)`` where one is unusable.
+
+    A file that cannot be read to its end adds one ``(None, reason)`` after the records it did give.
+    """
+    n = 0
+    try:
+        if source.format in ("dclm", "jsonl"):
+            it = _jsonl(path)
+        elif source.format in ("fineweb2", "parquet"):
+            it = _parquet(path, source.text_field)
+        else:
+            it = _text(path, source.text_field)
+        for item in it:
+            n += 1
+            yield item
+    except TruncatedFile:
+        yield None, "truncated_file"
+        return
+    except (OSError, ValueError, EOFError, zstandard.ZstdError) as e:
+        # pyarrow raises ArrowInvalid (a ValueError) for a corrupt parquet file, zstandard a ZstdError.
+        yield None, f"unreadable_file:{type(e).__name__}"
+        return
+    if n == 0:
+        yield None, "empty_file"
+
+
+def _small(value: Any) -> bool:
+    return not isinstance(value, str | bytes | list | dict) or len(value) <= _MAX_META_VALUE
+
+
+def assign_files(sources: tuple[SourceConfig, ...], tasks: int) -> dict[str, list[tuple[str, int]]]:
+    """Every input file with the task that reads it: largest files first, each to the least-loaded task.
+
+    Sizes come from the local file system (remote files count as equal); the assignment depends only on
+    the config and the files, never on the executor.
+    """
+    files = [(s.name, p) for s in sources if s.format != "hf" for p in expand_paths(s)]
+    sizes = [0 if is_url(p) else os.path.getsize(p) for _, p in files]
+    load = [(0, 0, rank) for rank in range(tasks)]  # (bytes, files, rank)
+    out: dict[str, list[tuple[str, int]]] = {s.name: [] for s in sources}
+    for i in sorted(range(len(files)), key=lambda i: (-sizes[i], i)):
+        load.sort()
+        nbytes, nfiles, rank = load[0]
+        load[0] = (nbytes + sizes[i], nfiles + 1, rank)
+        out[files[i][0]].append((files[i][1], rank))
+    return {name: sorted(assigned, key=lambda f: (f[1], f[0])) for name, assigned in out.items()}
+
+
+class SourceReader(PipelineStep):
+    """Reads one configured source: the files assigned to this task, or its split of a hub dataset."""
+
+    type = "📖 - READER"
+    name = "motif source reader"
+
+    def __init__(self, source: SourceConfig, files: list[tuple[str, int]]):
+        super().__init__()
+        self.source = source
+        self.files = files
+
+    def _document(self, record: dict | None, error: str | None, ref: str) -> Document:
+        meta: dict[str, Any] = {SOURCE_KEY: self.source.name}
+        if record is None:
+            return Document(text="", id=ref, metadata=meta | {ERROR_KEY: error})
+        text = record.pop(self.source.text_field, None)
+        doc_id = str(record.pop(self.source.id_field, ref))
+        inner = record.pop("metadata", None)
+        if isinstance(inner, dict):
+            record = inner | record
+        meta |= {k: v for k, v in record.items() if _small(v) and k not in (ERROR_KEY, SOURCE_KEY)}
+        if not isinstance(text, str):
+            meta[ERROR_KEY] = "missing_text"
+            text = ""
+        elif not text.strip():
+            meta[ERROR_KEY] = "empty_text"
+            text = ""
+        elif (
+            4 * len(text) > self.source.filters.max_bytes
+            and len(text.encode("utf-8")) > self.source.filters.max_bytes
+        ):
+            meta[ERROR_KEY] = "too_large"
+            text = ""
+        return Document(text=text, id=doc_id, metadata=meta)
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        if data:
+            yield from data
+        if self.source.format == "hf":
+            units = [(f"{self.source.dataset}@{rank}", _hf(self.source, rank, world_size))]
+        else:
+            units = [(os.path.basename(p), read_records(self.source, p)) for p, r in self.files if r == rank]
+        for name, records in units:
+            self.stat_update("files")
+            for i, (record, error) in enumerate(records):
+                with self.track_time():
+                    doc = self._document(record, error, f"{name}#{i}")
+                self.stat_update("records")
+                yield doc
+
+
+class SpillReader(JsonlReader):
+    """Reads exactly this task's spill file, so that document indices match across the dedup stages."""
+
+    name = "motif spill reader"
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        if self.data_folder.isfile(f"{rank:05d}.jsonl"):
+            yield from self.read_file(f"{rank:05d}.jsonl")

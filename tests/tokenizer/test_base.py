@@ -21,7 +21,11 @@ def test_load_base_from_path_matches_tiktoken_own_o200k(o200k_path, tmp_path, mo
     text = "Hello, world! 안녕하세요, 세계. def f(x): return x**2  \n\n 12345 🙂"
     assert ours.encode(text, allowed_special="all") == reference.encode(text, allowed_special="all")
     assert ours._pat_str == reference._pat_str
-    assert ours._special_tokens == reference._special_tokens == {"<|endoftext|>": 199999, "<|endofprompt|>": 200018}
+    assert (
+        ours._special_tokens
+        == reference._special_tokens
+        == {"<|endoftext|>": 199999, "<|endofprompt|>": 200018}
+    )
     assert ours.n_vocab == 200_019
     assert fingerprint(ours) == fingerprint(reference)
 

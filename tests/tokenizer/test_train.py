@@ -1,0 +1,159 @@
+import unicodedata
+from collections import Counter
+from itertools import pairwise
+
+import orjson
+import regex
+import tiktoken
+from tokhelpers import read_jsonl_zst
+
+from motif_data.tokenizer import fingerprint
+from motif_data.tokenizer.train import TrainConfig, train
+from motif_data.tokenizer.vocab import FIRST_LEARNED, NAMED_SPECIALS
+
+
+def _has_hangul_by_name(text: str) -> bool:
+    return any("HANGUL" in unicodedata.name(ch, "") for ch in text)
+
+
+def _whole_hangul_char(token: bytes) -> bool:
+    # Independent of the trainer's regex: look for a complete UTF-8 encoded Hangul character by name.
+    for i in range(len(token)):
+        for width in (2, 3, 4):
+            try:
+                ch = token[i : i + width].decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+            if len(ch) == 1 and "HANGUL" in unicodedata.name(ch, ""):
+                return True
+    return False
+
+
+def test_trainer_segmentation_equals_tiktoken_on_every_training_piece(
+    small_corpus, o200k_path, small_vocab_size, trained
+):
+    result = train(
+        TrainConfig(inputs=((str(small_corpus), 1),), base=str(o200k_path), vocab_size=small_vocab_size),
+        progress=False,
+    )
+    enc = result.encoding
+    assert len(result.learned.tokens) == small_vocab_size - FIRST_LEARNED - len(NAMED_SPECIALS)
+    mismatches = [
+        p
+        for p, seg in zip(result.pieces, result.learned.segments, strict=True)
+        if enc._encode_single_piece(p.encode()) != seg
+    ]
+    assert len(result.pieces) > 50_000
+    assert mismatches == []
+    # The CLI run of the fixture saw the same input: same encoding.
+    assert fingerprint(enc) == fingerprint(trained)
+
+
+def test_merges_equal_brute_force_continued_bpe(shared_data, o200k, o200k_path, tmp_path):
+    """Reference: re-encode every piece with a tiktoken Encoding of the current ranks, recount all pairs."""
+    texts = read_jsonl_zst(shared_data / "korean" / "nsmc_reviews.jsonl.zst", 400)
+    corpus = tmp_path / "tiny.jsonl"
+    corpus.write_bytes(b"".join(orjson.dumps({"text": t}) + b"\n" for t in texts))
+    steps = 25
+
+    pattern = regex.compile(o200k._pat_str)
+    pieces = Counter(
+        p for t in texts for p in pattern.findall(unicodedata.normalize("NFC", t)) if _has_hangul_by_name(p)
+    )
+    ranks = dict(o200k._mergeable_ranks)
+    by_id = {r: t for t, r in ranks.items()}
+    expected = []
+    for step in range(steps):
+        enc = tiktoken.Encoding(name="ref", pat_str=o200k._pat_str, mergeable_ranks=ranks, special_tokens={})
+        pairs = Counter()
+        for piece, n in pieces.items():
+            seg = enc._encode_single_piece(piece.encode())
+            for a, b in pairwise(seg):
+                if _whole_hangul_char(by_id[a] + by_id[b]):
+                    pairs[a, b] += n
+        best = min(pairs.items(), key=lambda kv: (-kv[1], kv[0]))
+        assert best[1] >= 2
+        expected.append(by_id[best[0][0]] + by_id[best[0][1]])
+        ranks[expected[-1]] = FIRST_LEARNED + step
+        by_id[FIRST_LEARNED + step] = expected[-1]
+
+    vocab = FIRST_LEARNED + len(NAMED_SPECIALS) + steps
+    ours = train(
+        TrainConfig(inputs=((str(corpus), 1),), base=str(o200k_path), vocab_size=vocab, workers=1),
+        progress=False,
+    )
+    assert ours.learned.tokens == expected
+
+
+def test_weights_count_documents_repeatedly(shared_data, o200k_path, tmp_path):
+    texts = read_jsonl_zst(shared_data / "korean" / "nsmc_reviews.jsonl.zst", 300)
+    once, twice = tmp_path / "once.jsonl", tmp_path / "twice.jsonl"
+    once.write_bytes(b"".join(orjson.dumps({"text": t}) + b"\n" for t in texts))
+    twice.write_bytes(once.read_bytes() * 2)
+    vocab = FIRST_LEARNED + len(NAMED_SPECIALS) + 60
+    a = train(TrainConfig(inputs=((str(once), 2),), base=str(o200k_path), vocab_size=vocab), progress=False)
+    b = train(TrainConfig(inputs=((str(twice), 1),), base=str(o200k_path), vocab_size=vocab), progress=False)
+    assert a.counts == [
+        2 * c
+        for c in train(
+            TrainConfig(inputs=((str(once), 1),), base=str(o200k_path), vocab_size=vocab), progress=False
+        ).counts
+    ]
+    assert a.learned.tokens == b.learned.tokens
+
+
+def test_min_frequency_stops_when_best_pair_is_rarer(small_corpus, o200k_path, small_vocab_size):
+    result = train(
+        TrainConfig(
+            inputs=((str(small_corpus), 1),),
+            base=str(o200k_path),
+            vocab_size=small_vocab_size,
+            min_frequency=200,
+        ),
+        progress=False,
+    )
+    learned = result.learned
+    assert 0 < len(learned.tokens) < small_vocab_size - FIRST_LEARNED - len(NAMED_SPECIALS)
+    assert "200" in learned.stop_reason and learned.last_count >= 200
+    # Recount the final segmentation independently: no mergeable pair reaches the threshold any more.
+    by_id = {r: t for t, r in result.encoding._mergeable_ranks.items()}
+    pairs = Counter()
+    for seg, n in zip(learned.segments, result.counts, strict=True):
+        for a, b in pairwise(seg):
+            if _whole_hangul_char(by_id[a] + by_id[b]):
+                pairs[a, b] += n
+    assert max(pairs.values()) < 200
+
+
+def test_no_hangul_only_learns_from_all_text(shared_data, o200k_path, tmp_path):
+    texts = read_jsonl_zst(shared_data / "math" / "gsm8k_train.jsonl.zst", 400)
+    corpus = tmp_path / "math.txt"
+    corpus.write_text("\n".join(t.replace("\n", " ") for t in texts), encoding="utf-8")
+    vocab = FIRST_LEARNED + len(NAMED_SPECIALS) + 100
+    result = train(
+        TrainConfig(inputs=((str(corpus), 1),), base=str(o200k_path), vocab_size=vocab, hangul_only=False),
+        progress=False,
+    )
+    enc = result.encoding
+    assert len(result.learned.tokens) == 100
+    assert not any(_has_hangul_by_name(t.decode("utf-8", "ignore")) for t in result.learned.tokens)
+    assert all(
+        enc._encode_single_piece(p.encode()) == s
+        for p, s in zip(result.pieces, result.learned.segments, strict=True)
+    )
+    assert sum(map(len, enc.encode_ordinary_batch(texts))) < sum(
+        map(
+            len,
+            tiktoken.Encoding(**{**_spec(enc), "mergeable_ranks": _base_ranks(enc)}).encode_ordinary_batch(
+                texts
+            ),
+        )
+    )
+
+
+def _spec(enc):
+    return {"name": "x", "pat_str": enc._pat_str, "special_tokens": {}}
+
+
+def _base_ranks(enc):
+    return {t: r for t, r in enc._mergeable_ranks.items() if r < FIRST_LEARNED}

@@ -91,7 +91,8 @@ def _raw_chunks(path: str) -> Iterator[bytes]:
 
             try:
                 with gzip.GzipFile(fileobj=raw) as gz:
-                    while block := gz.read(_CHUNK):
+                    # read1 hands over what is decompressed so far, so lines before a cut are kept
+                    while block := gz.read1(_CHUNK):
                         yield block
             except EOFError as e:
                 raise TruncatedFile(str(e)) from e

@@ -20,6 +20,7 @@ __all__ = ["QuotaSampler"]
 
 _D = len(DOMAINS)
 _CHUNK = 1 << 22
+_SMALL = 4096  # up to this many sequences the broadcast path beats per-domain evaluation
 
 
 class QuotaSampler:
@@ -88,9 +89,10 @@ class QuotaSampler:
             beyond = np.where(w_end > 0, self._bounds[n] + (y - self._cum[n, d]) / w_end, np.inf)
         return np.where(inside, a + x, beyond)
 
-    def _drawn_by(self, t: float) -> np.ndarray:
-        """Per domain, how many draws fall due at or before position ``t``."""
-        k = np.maximum(np.floor(self.expected_counts(t) + 0.5), 0).astype(np.int64)
+    def _drawn_by(self, t: np.ndarray | float) -> np.ndarray:
+        """Per domain, how many draws fall due at or before position ``t`` (shape ``(*t.shape, 8)``)."""
+        t = np.asarray(t, dtype=np.float64)[..., None]
+        k = np.maximum(np.floor(self.expected_counts(t[..., 0]) + 0.5), 0).astype(np.int64)
         # The closed form can be off by one where float rounding meets a boundary; the due positions are
         # the definition, so settle it with them.
         while (late := (k > 0) & (self.due(self._all, np.maximum(k - 1, 0)) > t)).any():
@@ -106,30 +108,54 @@ class QuotaSampler:
         start, stop = int(start), int(stop)
         if start < 0 or stop < start:
             raise ValueError(f"need 0 <= start <= stop, got start={start}, stop={stop}")
+        if stop - start <= _SMALL:
+            d, k = self.draws_runs(np.array([start]), stop - start)
+            return d[0], k[0]
         if stop - start > _CHUNK:
             parts = [self.draws(a, min(a + _CHUNK, stop)) for a in range(start, stop, _CHUNK)]
             return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-        # Sum over domains of floor(C_d(t) + 1/2) is within 8/2 of t, since the C_d sum to t.
-        margin = _D / 2 + 2
-        t_lo, t_hi = start - margin, stop + margin
-        while True:
-            k_lo = self._drawn_by(t_lo) if t_lo > 0 else np.zeros(_D, dtype=np.int64)
-            k_hi = self._drawn_by(t_hi)
-            if k_lo.sum() <= start and k_hi.sum() >= stop:
-                break
-            t_lo, t_hi = t_lo - margin, t_hi + margin
-        counts = k_hi[self.priority] - k_lo[self.priority]
-        ds = np.repeat(self.priority, counts)
+        k_lo, k_hi = self._bracket(np.array([start]), stop - start)
+        k_lo, k_hi = k_lo[0], k_hi[0]
+        ds = np.repeat(self.priority, k_hi[self.priority] - k_lo[self.priority])
         ks = np.concatenate([np.arange(k_lo[d], k_hi[d], dtype=np.int64) for d in self.priority])
-        if len(ks) < 4096:  # one broadcast call: what keeps short ranges (and domain_of) cheap
-            times = self.due(ds, ks)
-        else:
-            times = np.concatenate([self.due(d, np.arange(k_lo[d], k_hi[d])) for d in self.priority])
+        times = np.concatenate([self.due(d, np.arange(k_lo[d], k_hi[d])) for d in self.priority])
         # Runs are concatenated in priority order and each is sorted already: a stable sort merges them
         # cheaply and keeps the priority order among equal due positions.
         base = int(k_lo.sum())
         order = np.argsort(times, kind="stable")[start - base : stop - base]
         return ds[order], ks[order]
+
+    def _bracket(self, starts: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per run, draws due before the run and by its end, with a margin: ``(R, 8)`` each."""
+        # Sum over domains of floor(C_d(t) + 1/2) is within 8/2 of t, since the C_d sum to t.
+        margin = _D / 2 + 2
+        lo, hi = starts - margin, starts + length + margin
+        while True:
+            k_lo = np.where(lo[:, None] > 0, self._drawn_by(np.maximum(lo, 0)), 0)
+            k_hi = self._drawn_by(hi)
+            if (k_lo.sum(axis=1) <= starts).all() and (k_hi.sum(axis=1) >= starts + length).all():
+                return k_lo, k_hi
+            lo, hi = lo - margin, hi + margin
+
+    def draws_runs(self, starts: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`draws` of many runs ``[s, s + length)`` at once, shape ``(len(starts), length)`` each.
+
+        What a rank's loader asks for: its runs of a batch in successive global micro-batches.
+        """
+        starts = np.asarray(starts, dtype=np.int64)
+        k_lo, k_hi = self._bracket(starts, length)
+        counts = (k_hi - k_lo)[:, self.priority]  # (R, 8), domains in priority order
+        per_run = counts.sum(axis=1)
+        flat = counts.ravel()
+        seg_start = np.cumsum(flat) - flat
+        ds = np.repeat(np.tile(self.priority, len(starts)), flat)
+        ks = np.repeat(k_lo[:, self.priority].ravel() - seg_start, flat) + np.arange(flat.sum())
+        run = np.repeat(np.arange(len(starts)), per_run)
+        # lexsort is stable: inside a run, equal due positions keep the priority order of the concatenation.
+        order = np.lexsort((self.due(ds, ks), run))
+        first = np.cumsum(per_run) - per_run + (starts - k_lo.sum(axis=1))
+        pick = order[first[:, None] + np.arange(length)]
+        return ds[pick], ks[pick]
 
     def domains(self, start: int, stop: int) -> np.ndarray:
         """Indices into ``DOMAINS`` of global sequences ``start .. stop - 1``."""

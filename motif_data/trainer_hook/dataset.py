@@ -12,6 +12,7 @@ workers round-robin, the order in which ``torch.utils.data.DataLoader`` collects
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import os
@@ -26,11 +27,12 @@ from motif_data.mixer.permutation import hash64, permute
 from motif_data.mixer.plan import packed_sequences
 from motif_data.mixer.sampler import QuotaSampler
 from motif_data.mixer.schedule import MixtureSchedule
-from motif_data.shards import Manifest, ShardError, ShardReader
+from motif_data.shards import Manifest, ShardError
 
 __all__ = ["MixtureDataset", "MixtureDataLoader", "DomainExhaustedError", "STATE_VERSION"]
 
 STATE_VERSION = 1
+_LOOKAHEAD = 2048  # sequences located per sampler call
 _POLICIES = ("repeat", "error")
 
 
@@ -46,43 +48,54 @@ class _DomainData:
         self.manifest = manifest
         self.shards = info.shards
         self.starts = np.concatenate([[0], np.cumsum([s.tokens for s in info.shards], dtype=np.int64)])
+        self.starts_list = self.starts.tolist()
         self.sequences = packed_sequences(int(self.starts[-1]), seq_len)
-        self.readers: dict[int, ShardReader] = {}
+        self.readers: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
-    def reader(self, i: int) -> ShardReader:
+    def __getstate__(self) -> dict:
+        # Open memmaps are per process: a spawned DataLoader worker reopens what it reads.
+        return {**self.__dict__, "readers": {}}
+
+    def reader(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Tokens and document offsets of shard ``i`` as plain ndarray views of the memmaps (slicing a
+        ``np.memmap`` subclass costs more than copying a 4k-token window)."""
         r = self.readers.get(i)
         if r is None:
-            r = self.readers[i] = self.manifest.open_shard(self.shards[i])
+            shard = self.manifest.open_shard(self.shards[i])
+            r = self.readers[i] = (shard.tokens.view(np.ndarray), shard.offsets.view(np.ndarray))
         return r
 
-    def window(self, start: int, length: int) -> tuple[np.ndarray, np.ndarray]:
-        """Tokens ``[start, start + length)`` of the domain stream (int64) and their positions in documents."""
-        i = int(np.searchsorted(self.starts, start, side="right")) - 1
-        r = self.reader(i)
-        off = start - int(self.starts[i])
-        if off + length <= r.num_tokens:  # the common case: one shard
-            return r.tokens[off : off + length].astype(np.int64), _positions(r.offsets, off, length)
-        tokens, positions = [], []
-        while length > 0:  # a window crossing shard ends; every shard starts with a new document
-            n = min(length, r.num_tokens - off)
-            tokens.append(r.tokens[off : off + n].astype(np.int64))
-            positions.append(_positions(r.offsets, off, n))
-            length -= n
-            i, off = i + 1, 0
-            if length:
-                r = self.reader(i)
-        return np.concatenate(tokens), np.concatenate(positions)
+    def fill(self, start: int, tokens_out: np.ndarray, positions_out: np.ndarray, arange: np.ndarray) -> None:
+        """Write tokens ``[start, start + len(tokens_out))`` of the domain stream and their positions inside
+        their documents into the given int64 rows (one copy, no temporaries in the common case)."""
+        i = bisect.bisect_right(self.starts_list, start) - 1
+        off = start - self.starts_list[i]
+        done, length = 0, len(tokens_out)
+        while done < length:  # more than one pass only for a window crossing into the next shard
+            tokens, offsets = self.reader(i)
+            n = min(length - done, len(tokens) - off)
+            tokens_out[done : done + n] = tokens[off : off + n]
+            _positions_into(offsets, off, positions_out[done : done + n], arange)
+            done, i, off = done + n, i + 1, 0
 
 
-def _positions(offsets: np.ndarray, off: int, length: int) -> np.ndarray:
-    """Position of each token of ``[off, off + length)`` inside its document (0 at each document start)."""
-    first = int(np.searchsorted(offsets, off, side="right")) - 1
-    last = int(np.searchsorted(offsets, off + length, side="left"))
-    starts = offsets[first:last].astype(np.int64) - off  # document starts, relative; the first may be < 0
+def _positions_into(offsets: np.ndarray, off: int, out: np.ndarray, arange: np.ndarray) -> None:
+    """Position of each token of ``[off, off + len(out))`` in its document (0 at each document start)."""
+    # Called once per sequence, so ndarray methods rather than np.* wrappers, and uint64 search keys: a
+    # Python int against the uint64 index would convert the whole index on every call.
+    length = len(out)
+    first = int(offsets.searchsorted(np.uint64(off), side="right")) - 1
+    last = int(offsets.searchsorted(np.uint64(off + length), side="left"))
+    starts = offsets[first:last].astype(np.int64)
+    starts -= off  # document starts relative to the window; the first is <= 0
     if len(starts) == 1:
-        return np.arange(-starts[0], length - starts[0], dtype=np.int64)
-    seg = np.diff(np.append(np.maximum(starts, 0), length))
-    return np.arange(length, dtype=np.int64) - np.repeat(starts, seg)
+        np.subtract(arange[:length], starts[0], out=out)
+        return
+    lengths = np.empty(len(starts), dtype=np.int64)  # of each document's part inside the window
+    lengths[:-1] = starts[1:]
+    lengths[-1] = length
+    lengths[1:] -= starts[1:]
+    np.subtract(arange[:length], starts.repeat(lengths), out=out)
 
 
 def _resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -168,6 +181,7 @@ class MixtureDataset(IterableDataset):
             )
         self._check_files(verify)
         self.config_hash = self._config_hash()
+        self._arange = np.arange(self.seq_len + 1, dtype=np.int64)
         self._state = {"position": 0, "chunk": 0, "item": 0, "worker": None}
 
     # -- validation ---------------------------------------------------------------------------------------
@@ -229,29 +243,38 @@ class MixtureDataset(IterableDataset):
     def locate(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """For global sequences ``start .. stop - 1``: domain index, epoch of that domain, packed window."""
         dom, k = self.sampler.draws(start, stop)
+        epoch, window = self._windows(dom, k, np.arange(start, stop))
+        return dom, epoch, window
+
+    def _windows(self, dom: np.ndarray, k: np.ndarray, where: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Epoch and packed window of each (domain, k-th draw); ``where`` (global indices) is for errors."""
         epoch = np.zeros_like(k)
         window = np.zeros_like(k)
-        for d in np.unique(dom):
+        for d in np.unique(dom).tolist():
             sel = dom == d
-            n = self.domains[int(d)].sequences
+            n = self.domains[d].sequences
             e, j = np.divmod(k[sel], n)
             if self.policies[DOMAINS[d]] == "error" and e.max() > 0:
-                g = start + int(np.flatnonzero(sel)[np.argmax(e > 0)])
+                g = int(where[sel][e > 0].min())
                 raise DomainExhaustedError(
                     f"domain {DOMAINS[d]!r} is exhausted at global sequence {g}: it holds {n} packed sequences "
                     f"of {self.seq_len + 1} tokens; add data, lower its weight, or use exhaustion='repeat'"
                 )
             w = np.empty_like(j)
-            for ep in np.unique(e):
+            for ep in np.unique(e).tolist():
                 m = e == ep
-                w[m] = permute(j[m], n, hash64(self.seed, int(d), int(ep))).astype(np.int64)
+                w[m] = permute(j[m], n, hash64(self.seed, d, ep)).astype(np.int64)
             epoch[sel], window[sel] = e, w
-        return dom, epoch, window
+        return epoch, window
+
+    def _fill(self, domain: int, window: int, tokens_out: np.ndarray, positions_out: np.ndarray) -> None:
+        self.domains[domain].fill(window * (self.seq_len + 1), tokens_out, positions_out, self._arange)
 
     def sequence(self, domain: int, window: int) -> dict[str, torch.Tensor]:
         """The item for packed window ``window`` of domain ``domain``."""
-        span = self.seq_len + 1
-        tokens, positions = self.domains[domain].window(window * span, span)
+        tokens = np.empty(self.seq_len + 1, dtype=np.int64)
+        positions = np.empty(self.seq_len + 1, dtype=np.int64)
+        self._fill(domain, window, tokens, positions)
         return {
             "input_ids": torch.from_numpy(tokens),
             "domain": torch.tensor(domain, dtype=torch.int64),
@@ -271,40 +294,79 @@ class MixtureDataset(IterableDataset):
 
     # -- iteration and state -----------------------------------------------------------------------------
 
-    def _split(self) -> tuple[int, int]:
+    def _start(self) -> tuple[int, int, int, int, int]:
+        """(worker, num_workers, position, chunk, item) where this process's iteration begins."""
         info = get_worker_info()
-        return (0, 1) if info is None else (info.id, info.num_workers)
-
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        worker, workers = self._split()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
         st = self._state
-        if st["worker"] is not None and st["worker"] != [worker, workers]:
+        if st["worker"] is None:
+            return worker, workers, st["position"], worker, 0
+        if st["worker"] != [worker, workers]:
             raise ValueError(
                 f"this state belongs to DataLoader worker {st['worker'][0]} of {st['worker'][1]}, not worker "
                 f"{worker} of {workers}: resume with the same num_workers, or from a MixtureDataLoader state"
             )
-        position, b, G = st["position"], self.batch_size, self.global_batch
-        chunk = st["chunk"] if st["worker"] is not None else worker
-        item = st["item"] if st["worker"] is not None else 0
-        limit = self.max_sequences
+        return worker, workers, st["position"], st["chunk"], st["item"]
+
+    def _runs(self, workers: int, position: int, chunk: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """This rank's runs of ``batch_size`` sequences from chunk ``chunk`` on, every ``workers``-th one:
+        (chunk, domains, windows). The rank's chunk-th run sits in global micro-batch ``chunk`` at offset
+        ``rank × batch_size``. Runs are located many at a time, which is what makes mixing cheap."""
+        b, G = self.batch_size, self.global_batch
+        many = max(1, _LOOKAHEAD // b)
         while True:
-            # The rank's chunk-th run of b sequences sits in global micro-batch `chunk` at offset rank * b.
-            start = position + chunk * G + self.rank * b
-            stop = start + b if limit is None else min(start + b, limit)
-            if stop <= start + item:
-                return
-            dom, _, window = self.locate(start + item, stop)
-            for d, w in zip(dom.tolist(), window.tolist(), strict=True):
+            chunks = chunk + workers * np.arange(many, dtype=np.int64)
+            starts = position + chunks * G + self.rank * b
+            if self.max_sequences is not None:
+                starts = starts[starts < self.max_sequences]
+                if not len(starts):
+                    return
+            if G == b and workers == 1:  # the runs are contiguous: one range
+                dom, k = self.sampler.draws(int(starts[0]), int(starts[-1]) + b)
+                dom, k = dom.reshape(-1, b), k.reshape(-1, b)
+            else:
+                dom, k = self.sampler.draws_runs(starts, b)
+            where = starts[:, None] + np.arange(b)
+            if self.max_sequences is not None:
+                keep = where < self.max_sequences
+                dom, k, where = dom[keep], k[keep], where[keep]  # only the last run can be cut short
+            _, window = self._windows(dom.ravel(), k.ravel(), where.ravel())
+            for r in range(len(starts)):
+                yield int(chunks[r]), dom.ravel()[r * b : (r + 1) * b], window[r * b : (r + 1) * b]
+            chunk = int(chunks[len(starts) - 1]) + workers
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        worker, workers, position, first, item = self._start()
+        b = self.batch_size
+        for chunk, dom, window in self._runs(workers, position, first):
+            for d, w in zip(dom[item:].tolist(), window[item:].tolist(), strict=True):
                 item += 1
-                if item == b:
-                    chunk, item = chunk + workers, 0
-                self._state = {
-                    "position": position,
-                    "chunk": chunk,
-                    "item": item,
-                    "worker": [worker, workers],
-                }
+                nxt, it = (chunk + workers, 0) if item == b else (chunk, item)
+                # Updated before the yield: a state taken after receiving an item must not repeat it.
+                self._state = {"position": position, "chunk": nxt, "item": it, "worker": [worker, workers]}
                 yield self.sequence(d, w)
+            item = 0
+
+    def iter_batches(self) -> Iterator[dict[str, torch.Tensor]]:
+        """Like iterating, but one collated dict per run of ``batch_size`` (leading dimension = batch),
+        written straight into the batch tensors: what MixtureDataLoader uses."""
+        worker, workers, position, first, item = self._start()
+        if item:
+            raise ValueError("iter_batches resumes at batch boundaries only; this state is mid-batch")
+        span = self.seq_len + 1
+        for chunk, dom, window in self._runs(workers, position, first):
+            tokens = torch.empty((len(dom), span), dtype=torch.int64)
+            positions = torch.empty((len(dom), span), dtype=torch.int64)
+            tok_np, pos_np = tokens.numpy(), positions.numpy()
+            for i, (d, w) in enumerate(zip(dom.tolist(), window.tolist(), strict=True)):
+                self._fill(d, w, tok_np[i], pos_np[i])
+            self._state = {
+                "position": position,
+                "chunk": chunk + workers,
+                "item": 0,
+                "worker": [worker, workers],
+            }
+            yield {"input_ids": tokens, "domain": torch.from_numpy(dom.copy()), "position_ids": positions}
 
     def state_dict(self) -> dict:
         """A few integers and the configuration hash. In the main process and at a batch boundary the
@@ -351,6 +413,17 @@ class MixtureDataset(IterableDataset):
         return {"position": position, "chunk": 0, "item": 0, "worker": None}
 
 
+class _Batches(IterableDataset):
+    """The dataset's collated runs as items, so that DataLoader workers hand over whole batches."""
+
+    def __init__(self, dataset: MixtureDataset):
+        super().__init__()
+        self.dataset = dataset
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        return self.dataset.iter_batches()
+
+
 class MixtureDataLoader:
     """A ``torch.utils.data.DataLoader`` over a MixtureDataset whose state is the global position, so a
     run can resume with another ``num_workers`` or world size (global batch fixed)."""
@@ -367,8 +440,9 @@ class MixtureDataLoader:
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         self.dataset.load_state_dict(self.state_dict())
-        loader = DataLoader(self.dataset, batch_size=self.dataset.batch_size, num_workers=self.num_workers,
-                            **self.kwargs)  # fmt: skip
+        loader = DataLoader(
+            _Batches(self.dataset), batch_size=None, num_workers=self.num_workers, **self.kwargs
+        )
         for batch in loader:
             self._position += self.dataset.global_batch
             yield batch

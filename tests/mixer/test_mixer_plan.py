@@ -1,10 +1,12 @@
+import argparse
+
 import numpy as np
 import pytest
 
 from motif_data import DOMAINS
-from motif_data.cli import main
 from motif_data.mixer import MixtureSchedule, QuotaSampler, Stage, plan
-from motif_data.shards import DomainInfo, Manifest, TokenizerInfo
+from motif_data.mixer.cli import register
+from motif_data.shards import DomainInfo, Manifest, ShardError, TokenizerInfo
 
 TOK = TokenizerInfo("o200k_base", "ab" * 32, 200_019, 199_999)
 
@@ -35,6 +37,14 @@ def test_plan_rejects_a_scheduled_domain_missing_from_the_build():
         plan(_manifest({d: 10**9 for d in DOMAINS if d not in ("multilingual", "reasoning")}), sampler, 1e12)
 
 
+def main(argv: list[str]) -> int:
+    """The plan subcommand as motif_data.cli wires it, without the other capabilities' parsers."""
+    parser = argparse.ArgumentParser(prog="motif-data")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
 def test_plan_command_prints_the_table_and_draws_the_plot(tmp_path, capsys):
     _manifest({d: 2 * 10**12 for d in DOMAINS} | {"math": 10**9}).save(tmp_path / "manifest.json")
     png = tmp_path / "plan.png"
@@ -46,8 +56,8 @@ def test_plan_command_prints_the_table_and_draws_the_plot(tmp_path, capsys):
     web_line = next(line for line in out.splitlines() if line.startswith("web"))
     assert "enough data" in web_line
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (
+    with pytest.raises(ShardError, match="no manifest"):
         main(["plan", "--manifest", str(tmp_path / "none.json"), "--total-tokens", "1e9", "--seq-len", "8"])
-        == 2
-    )
-    assert "no manifest" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["plan", "--manifest", "m.json", "--total-tokens", "-5", "--seq-len", "8"])
+    assert "must be > 0, got -5" in capsys.readouterr().err

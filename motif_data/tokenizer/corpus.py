@@ -61,18 +61,29 @@ def expand_inputs(patterns: list[str | os.PathLike]) -> list[Path]:
     return files
 
 
+def _zstd_chunks(raw: io.BufferedIOBase, path: Path) -> Iterator[bytes]:
+    """Decompressed bytes of every zstd frame; a truncated last frame is an error, not a silent end."""
+    import zstandard
+
+    dctx = zstandard.ZstdDecompressor()
+    frame, pending = dctx.decompressobj(), False
+    while data := raw.read(1 << 22):
+        while data:
+            yield frame.decompress(data)
+            pending = not frame.eof
+            data = frame.unused_data if frame.eof else b""
+            if frame.eof:
+                frame = dctx.decompressobj()
+    if pending:
+        raise OSError(f"{path}: cannot read (zstd stream is truncated)")
+
+
 def _lines(path: Path, compressed: bool) -> Iterator[bytes]:
     with open(path, "rb") as raw:
-        if compressed:
-            import zstandard
-
-            stream = zstandard.ZstdDecompressor().stream_reader(raw)
-            reader: io.BufferedIOBase = io.BufferedReader(stream, buffer_size=1 << 20)
-        else:
-            reader = raw
+        chunks = _zstd_chunks(raw, path) if compressed else iter(lambda: raw.read(1 << 22), b"")
         # Split on b"\n" only: real texts contain U+2028/U+2029, which splitlines() would break on.
         rest = b""
-        while chunk := reader.read(1 << 22):
+        for chunk in chunks:
             lines = (rest + chunk).split(b"\n")
             rest = lines.pop()
             yield from lines

@@ -329,8 +329,9 @@ class TrainResult:
 
 def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     """Read the inputs, learn up to the layout's budget of Korean tokens, return the extended encoding."""
-    base = load_base(config.base)
+    expand_inputs([pattern for pattern, _ in config.inputs])  # reports every unusable input at once
     files = [(path, weight) for pattern, weight in config.inputs for path in expand_inputs([pattern])]
+    base = load_base(config.base)
     stats = CorpusStats()
     pieces, counts, segments = count_pieces(
         files, base, config.text_field, config.hangul_only, config.workers, stats

@@ -1,0 +1,80 @@
+"""Optional adapter for Hugging Face ``transformers.Trainer``: keeps a MixtureDataset's position across
+checkpoints and logs per-domain epochs. Import it only where transformers is installed.
+
+    trainer = Trainer(model, args, train_dataset=dataset, callbacks=[MixtureTrainerCallback(dataset)])
+
+with ``TrainingArguments(ignore_data_skip=True, per_device_train_batch_size=dataset.batch_size, ...)``:
+the dataset resumes by arithmetic, so the Trainer must not replay batches to skip them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from motif_data.atomic import atomic_write_text
+from motif_data.trainer_hook.dataset import MixtureDataset
+
+__all__ = ["MixtureTrainerCallback", "STATE_FILE"]
+
+STATE_FILE = "mixture_state.json"
+
+
+class MixtureTrainerCallback(TrainerCallback):
+    """On save, writes the dataset state into the checkpoint folder; on (re)start, positions the dataset
+    at ``global_step × sequences per optimizer step``, checked against the saved state if there is one."""
+
+    def __init__(self, dataset: MixtureDataset):
+        self.dataset = dataset
+
+    def _sequences_per_step(self, args) -> int:
+        return args.gradient_accumulation_steps * self.dataset.global_batch
+
+    def _check_args(self, args) -> None:
+        problems = []
+        if not args.ignore_data_skip:
+            problems.append("set TrainingArguments(ignore_data_skip=True): the dataset resumes by itself")
+        if args.per_device_train_batch_size != self.dataset.batch_size:
+            problems.append(
+                f"per_device_train_batch_size is {args.per_device_train_batch_size} but the MixtureDataset "
+                f"has batch_size {self.dataset.batch_size}: make them equal"
+            )
+        if problems:
+            raise ValueError("MixtureTrainerCallback: " + "; ".join(problems))
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._check_args(args)
+        position = state.global_step * self._sequences_per_step(args)
+        saved = Path(args.output_dir) / f"checkpoint-{state.global_step}" / STATE_FILE
+        if state.global_step and saved.is_file():
+            stored = json.loads(saved.read_text(encoding="utf-8"))
+            if stored["position"] != position:
+                raise ValueError(
+                    f"{saved} says the data stream stood at sequence {stored['position']}, but step "
+                    f"{state.global_step} × {self._sequences_per_step(args)} sequences per step gives {position}: "
+                    "keep the global batch (batch size × accumulation × world size) of the saved run"
+                )
+            self.dataset.load_state_dict(stored)  # also checks schedule, seed and manifest
+        self.dataset.load_state_dict({**self.dataset.state_dict(), "position": position, "chunk": 0, "item": 0,
+                                      "worker": None})  # fmt: skip
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and folder.is_dir():
+            position = state.global_step * self._sequences_per_step(args)
+            stored = {
+                **self.dataset.state_dict(),
+                "position": position,
+                "chunk": 0,
+                "item": 0,
+                "worker": None,
+            }
+            atomic_write_text(folder / STATE_FILE, json.dumps(stored, indent=1) + "\n")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is not None:
+            position = state.global_step * self._sequences_per_step(args)
+            for domain, epochs in self.dataset.epochs(position).items():
+                logs[f"data/epochs_{domain}"] = round(epochs, 6)

@@ -138,8 +138,8 @@ class TrainConfig:
             problems.append(f"train.lr must be > 0, got {self.lr!r}")
         if not 0 <= self.decay_fraction <= 1:
             problems.append(f"train.decay_fraction must be in [0, 1], got {self.decay_fraction!r}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            problems.append(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
+        if not 0 < self.min_lr_ratio <= 1:
+            problems.append(f"train.min_lr_ratio must be in (0, 1], got {self.min_lr_ratio!r}")
         if not self.weight_decay >= 0:
             problems.append(f"train.weight_decay must be >= 0, got {self.weight_decay!r}")
         for name in ("beta1", "beta2"):
@@ -154,12 +154,11 @@ class TrainConfig:
                 problems.append(f"train.{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
         if self.peak_tflops is not None and not self.peak_tflops > 0:
             problems.append(f"train.peak_tflops must be > 0 or absent, got {self.peak_tflops!r}")
-        if (
-            isinstance(self.steps, int)
-            and isinstance(self.warmup_steps, int)
-            and self.warmup_steps > self.steps
-        ):
-            problems.append(f"train.warmup_steps ({self.warmup_steps}) exceeds train.steps ({self.steps})")
+        if not problems and self.warmup_steps + round(self.decay_fraction * self.steps) > self.steps:
+            problems.append(
+                f"train.warmup_steps ({self.warmup_steps}) + decay ({self.decay_fraction} × {self.steps} steps) "
+                f"exceed train.steps ({self.steps}): shorten the warm-up or the decay"
+            )
         if problems:
             raise ValueError("invalid training config:\n  " + "\n  ".join(problems))
 

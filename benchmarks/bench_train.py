@@ -1,0 +1,77 @@
+"""Training-step speed of a preset with our kernels against the pure-PyTorch references, in one run.
+
+Runs the real loop (``motif_data.train.loop.train``: mixture loader, AdamW, bf16 autocast on GPU) for a few
+steps per variant on the same corpus and prints step time, tokens/s, MFU and peak memory. The reference
+variant is the anchor: two SDPA calls per differential layer, eager PolyNorm ⊙ up, plain logits → CE.
+
+    PYTHONPATH=. python benchmarks/bench_train.py --config configs/small.toml --corpus PATH/manifest.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from motif_data.train.config import load_config
+from motif_data.train.loop import train
+
+VARIANTS = {
+    "reference (anchor)": {"kernels": "reference", "compile": False},
+    "motif_data.kernels": {"kernels": "auto", "compile": False},
+    "motif_data.kernels + compile": {"kernels": "auto", "compile": True},
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=Path, default=Path("configs/small.toml"))
+    parser.add_argument("--corpus", type=Path, required=True, help="manifest.json of a built corpus")
+    parser.add_argument(
+        "--steps", type=int, default=30, help="steps per variant (the first 10%% are warm-up)"
+    )
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args()
+
+    base = load_config(args.config).replace(steps=args.steps, warmup_steps=min(3, args.steps), ckpt_every=0)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu, load {os.getloadavg()}"
+    print(f"device: {device}; torch {torch.__version__}; python {platform.python_version()}")
+    print(f"config: {args.config} ({base.preset}), {base.micro_batch}×{base.seq_len} tokens per micro-batch, "
+          f"{args.steps} steps per variant")  # fmt: skip
+    results = {}
+    for name in args.variants:
+        cfg = base.replace(**VARIANTS[name])
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        with tempfile.TemporaryDirectory() as out:
+            try:
+                results[name] = train(cfg, out, args.corpus)
+            except Exception as e:  # a variant that fails (e.g. compile) is reported, the others still run
+                print(f"{name}: failed: {type(e).__name__}: {e}", file=sys.stderr)
+                results[name] = None
+    anchor = results.get("reference (anchor)")
+    print()
+    print(f"{'variant':30s} {'step ms':>9s} {'tokens/s':>12s} {'MFU':>7s} {'peak GiB':>9s} {'speed-up':>9s}")
+    for name, s in results.items():
+        if s is None:
+            print(f"{name:30s} {'failed':>9s}")
+            continue
+        mfu = f"{s['median_mfu']:.1%}" if s["median_mfu"] is not None else "n/a"
+        mem = f"{s['peak_mem_gib']:.1f}" if s["peak_mem_gib"] is not None else "n/a"
+        ratio = f"{anchor['median_step_time_s'] / s['median_step_time_s']:.2f}×" if anchor else "n/a"
+        print(f"{name:30s} {s['median_step_time_s'] * 1e3:9.1f} {s['median_tokens_per_s']:12,.0f} {mfu:>7s} "
+              f"{mem:>9s} {ratio:>9s}")  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,338 @@
+"""The training loop: one visible ``for`` loop over optimizer steps, fed by the mixture loader.
+
+AdamW + WSD learning rate, gradient accumulation and clipping, bf16 autocast on GPU, DDP under ``torchrun``,
+per-domain loss from the per-token losses, ``metrics.jsonl`` per step, atomic checkpoints that resume exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import math
+import os
+import random
+import re
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from motif_data import DOMAINS
+from motif_data.atomic import atomic_open, atomic_write_text
+from motif_data.shards import Manifest
+from motif_data.train.config import TrainConfig
+from motif_data.train.model import Motif, count_parameters, flops_per_token
+
+__all__ = ["train", "domain_loss_sums", "peak_flops", "latest_checkpoint"]
+
+_CHECKPOINT = re.compile(r"^step-(\d{7})\.pt$")
+
+# Dense bf16 matrix rate per device from the vendors' datasheets (TFLOP/s), for MFU. First match wins.
+_PEAK_TFLOPS = (("H200", 989.4), ("H100 PCIe", 756.0), ("H100", 989.4), ("A100", 312.0), ("MI300X", 1307.4),
+                ("MI250X", 383.0), ("MI250", 362.1))  # fmt: skip
+
+
+def peak_flops(device: torch.device, override_tflops: float | None = None) -> float | None:
+    """The device's dense bf16 FLOP/s, or None where it is unknown (CPU): MFU is then not reported."""
+    if override_tflops is not None:
+        return override_tflops * 1e12
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((tf * 1e12 for key, tf in _PEAK_TFLOPS if key in name), None)
+
+
+def domain_loss_sums(
+    sequence_losses: torch.Tensor, domains: torch.Tensor, seq_len: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per domain index: the sum of token losses and the number of tokens, (len(DOMAINS),) float64 each,
+    from each sequence's summed loss (N,) and its domain (N,)."""
+    sums = torch.zeros(len(DOMAINS), dtype=torch.float64, device=sequence_losses.device)
+    counts = torch.zeros(len(DOMAINS), dtype=torch.float64, device=sequence_losses.device)
+    sums.index_add_(0, domains, sequence_losses.double())
+    counts.index_add_(
+        0, domains, torch.full((len(domains),), float(seq_len), dtype=torch.float64, device=counts.device)
+    )
+    return sums, counts
+
+
+def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
+    """The checkpoint of the highest step; every file there is complete because each was written atomically."""
+    directory = Path(directory)
+    found = (
+        sorted(p for p in directory.glob("step-*.pt") if _CHECKPOINT.match(p.name))
+        if directory.is_dir()
+        else []
+    )
+    return found[-1] if found else None
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def _save(path: Path, state: dict, keep: int | None = None) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    with atomic_open(path, "wb") as f:
+        f.write(buffer.getbuffer())
+    if keep is not None:
+        for old in sorted(p for p in path.parent.glob("step-*.pt") if _CHECKPOINT.match(p.name))[:-keep]:
+            old.unlink()
+
+
+def _setup_device(cfg: TrainConfig) -> tuple[int, int, torch.device]:
+    """(rank, world_size, device); under torchrun one process per GPU joins the process group."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device is 'cuda' but no GPU is visible: set device = 'auto' or 'cpu'")
+    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world_size, device
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    # Matrices (projections, the tied embedding) decay; norms, PolyNorm coefficients and λ vectors don't.
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _keep_metrics_until(path: Path, step: int) -> None:
+    """On resume, drop lines logged after the checkpoint so the file reads as one uninterrupted run."""
+    if path.exists():
+        lines = [line for line in path.read_text(encoding="utf-8").split("\n") if line]
+        atomic_write_text(path, "".join(line + "\n" for line in lines if json.loads(line)["step"] <= step))
+
+
+def _all_ranks(counters, world_size: int):
+    """A copy of the per-domain counters summed over ranks (the originals keep counting this rank only)."""
+    from motif_data.trainer_hook import DomainCounters
+
+    total = DomainCounters()
+    total.load_state_dict(counters.state_dict())
+    if world_size > 1:
+        total.all_reduce()
+    return total
+
+
+def train(
+    cfg: TrainConfig, out: str | os.PathLike, manifest_path: str | os.PathLike, *, resume: bool = False
+) -> dict:
+    """Train for ``cfg.steps`` optimizer steps; writes ``metrics.jsonl``, ``checkpoints/step-N.pt``,
+    ``summary.json`` (and ``model-sma.pt`` with averaging) under ``out`` and returns the summary."""
+    from motif_data.mixer import MixtureSchedule
+    from motif_data.trainer_hook import (
+        CheckpointAverager,
+        DomainCounters,
+        MixtureDataLoader,
+        MixtureDataset,
+        rope_base,
+        wsd_lr,
+    )
+
+    out = Path(out)
+    ckpt_dir, metrics_path = out / "checkpoints", out / "metrics.jsonl"
+    rank, world_size, device = _setup_device(cfg)
+    is_main = rank == 0
+
+    # The embedding is sized by the corpus's tokenizer unless the config fixes a (larger) vocabulary.
+    manifest = Manifest.load(manifest_path)
+    model_cfg = cfg.model
+    if model_cfg.vocab_size is None:
+        model_cfg = dataclasses.replace(model_cfg, vocab_size=manifest.tokenizer.vocab_size)
+    elif model_cfg.vocab_size < manifest.tokenizer.vocab_size:
+        raise ValueError(
+            f"model.vocab_size {model_cfg.vocab_size} is smaller than the corpus tokenizer's "
+            f"{manifest.tokenizer.vocab_size}: drop vocab_size from [model] to size it from the manifest"
+        )
+
+    torch.manual_seed(cfg.seed)
+    raw_model = Motif(model_cfg, reference_kernels=cfg.kernels == "reference").to(device)
+    model: torch.nn.Module = torch.compile(raw_model) if cfg.compile else raw_model
+    if world_size > 1:
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = torch.optim.AdamW(
+        _param_groups(raw_model, cfg.weight_decay),
+        lr=cfg.lr,
+        betas=(cfg.beta1, cfg.beta2),
+        fused=device.type == "cuda",
+    )
+    use_bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and device.type == "cuda")
+
+    dataset = MixtureDataset(
+        manifest, MixtureSchedule.load(cfg.schedule), cfg.seq_len, cfg.seed, rank, world_size,
+        batch_size=cfg.micro_batch,
+    )  # fmt: skip
+    loader = MixtureDataLoader(dataset, num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+    counters = DomainCounters()
+    tokens_per_step = cfg.tokens_per_step_per_rank * world_size
+    averager = CheckpointAverager(cfg.sma_window, cfg.sma_every * tokens_per_step) if cfg.sma_every else None
+
+    start_step = 0
+    if resume:
+        ckpt_path = latest_checkpoint(ckpt_dir)
+        if ckpt_path is None:
+            raise FileNotFoundError(f"--resume: no checkpoint under {ckpt_dir}; start without --resume")
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        if state["model_config"] != dataclasses.asdict(model_cfg):
+            raise ValueError(
+                f"{ckpt_path} holds another model ({state['model_config']}): resume with its config"
+            )
+        raw_model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        loader.load_state_dict(state["loader"])
+        if is_main:  # the saved counters are the sum over ranks: one rank carries them on
+            counters.load_state_dict(state["counters"])
+        if averager is not None and state.get("averager") is not None:
+            averager.load_state_dict(state["averager"])
+        _set_rng_state(state["rng"])
+        start_step = state["step"]
+        if is_main:
+            _keep_metrics_until(metrics_path, start_step)
+    elif is_main and metrics_path.exists():
+        metrics_path.unlink()
+
+    flops_token = flops_per_token(model_cfg, cfg.seq_len)
+    peak = peak_flops(device, cfg.peak_tflops)
+    decay_steps = round(cfg.decay_fraction * cfg.steps)
+    rope_switch = cfg.rope_switch_step or math.inf
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        print(
+            f"train: {count_parameters(raw_model) / 1e6:.1f}M parameters, {world_size} × {device.type}, "
+            f"{tokens_per_step:,} tokens/step, steps {start_step} → {cfg.steps}",
+            flush=True,
+        )
+    metrics_file = open(metrics_path, "a", encoding="utf-8") if is_main else None
+    batches = iter(loader)
+    records: list[dict] = []
+    for step in range(start_step, cfg.steps):
+        t0 = time.perf_counter()
+        done = step + 1  # the LR of an update is the schedule's value at its end: warm-up starts above 0
+        lr = wsd_lr(done, peak=cfg.lr, warmup=cfg.warmup_steps, total=cfg.steps, decay=decay_steps,
+                    final_ratio=cfg.min_lr_ratio)  # fmt: skip
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        base = rope_base(step, rope_switch, short=model_cfg.rope_base, long=cfg.rope_base_after)
+        raw_model.set_rope_base(base)
+
+        sequence_losses, sequence_domains = [], []
+        for micro in range(cfg.grad_accum):
+            batch = next(batches)
+            ids = batch["input_ids"].to(device, non_blocking=True)
+            # DDP all-reduces gradients only on the last micro-batch of the step.
+            skip_sync = world_size > 1 and micro < cfg.grad_accum - 1
+            with model.no_sync() if skip_sync else contextlib.nullcontext():
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                    token_losses = model(ids[:, :-1], ids[:, 1:])  # (B, S) fp32
+                (token_losses.mean() / cfg.grad_accum).backward()
+            sequence_losses.append(token_losses.detach().sum(dim=1))
+            sequence_domains.append(batch["domain"])
+        grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        seq_losses = torch.cat(sequence_losses).double()
+        seq_domains = torch.cat(sequence_domains).to(device)
+        sums, counts = domain_loss_sums(seq_losses, seq_domains, cfg.seq_len)
+        if world_size > 1:
+            dist.all_reduce(sums)
+            dist.all_reduce(counts)
+        sums, counts = sums.cpu(), counts.cpu()  # waits for the GPU: the step time below is real
+        dt = time.perf_counter() - t0
+        counters.update(seq_domains, torch.full_like(seq_losses, cfg.seq_len), seq_losses)
+        if averager is not None:
+            averager.update(raw_model, done * tokens_per_step)
+
+        record = {
+            "step": done,
+            "loss": float(sums.sum() / counts.sum()),
+            "domain_loss": {d: float(sums[i] / counts[i]) for i, d in enumerate(DOMAINS) if counts[i] > 0},
+            "lr": lr,
+            "grad_norm": float(grad_norm),
+            "rope_base": base,
+            "tokens": done * tokens_per_step,
+            "step_time_s": dt,
+            "tokens_per_s": tokens_per_step / dt,
+            "mfu": flops_token * tokens_per_step / dt / (peak * world_size) if peak else None,
+        }
+        if device.type == "cuda":
+            record["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+        records.append(record)
+        if is_main:
+            metrics_file.write(json.dumps(record) + "\n")
+            metrics_file.flush()
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                mfu = f" mfu {record['mfu']:.1%}" if record["mfu"] is not None else ""
+                print(
+                    f"step {done:6d} loss {record['loss']:.4f} lr {lr:.2e} "
+                    f"{record['tokens_per_s']:,.0f} tok/s{mfu}",
+                    flush=True,
+                )
+
+        if (cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == cfg.steps:
+            state = {
+                "step": done,
+                "model_config": dataclasses.asdict(model_cfg),
+                "model": raw_model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "loader": loader.state_dict(),  # the global position: any world size can resume it
+                "counters": _all_ranks(counters, world_size).state_dict(),
+                "averager": averager.state_dict() if averager is not None else None,
+                "rng": _rng_state(),
+            }
+            if is_main:
+                _save(ckpt_dir / f"step-{done:07d}.pt", state, keep=cfg.keep_checkpoints)
+    if metrics_file is not None:
+        metrics_file.close()
+
+    if averager is not None and averager.snapshots and is_main:
+        _save(
+            out / "model-sma.pt",
+            {"model_config": dataclasses.asdict(model_cfg), "model": averager.averaged()},
+        )
+    totals = _all_ranks(counters, world_size).summary()
+    # Leave the first steps (compilation, autotuning, allocator warm-up) out of the speed figures.
+    steady = records[min(len(records) - 1, max(2, len(records) // 10)) :] if records else []
+    summary = {
+        "steps": cfg.steps,
+        "parameters": count_parameters(raw_model),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "world_size": world_size,
+        "kernels": cfg.kernels,
+        "compile": cfg.compile,
+        "final_loss": records[-1]["loss"] if records else None,
+        "median_step_time_s": statistics.median(r["step_time_s"] for r in steady) if steady else None,
+        "median_tokens_per_s": statistics.median(r["tokens_per_s"] for r in steady) if steady else None,
+        "median_mfu": statistics.median(r["mfu"] for r in steady) if steady and peak else None,
+        "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        "flops_per_token": flops_token,
+        "domain_tokens": {d: v["tokens"] for d, v in totals.items()},
+    }
+    if is_main:
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary

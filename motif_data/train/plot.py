@@ -1,0 +1,62 @@
+"""The loss curve of a run, one line per domain, drawn from its ``metrics.jsonl`` into a PNG."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+from motif_data import DOMAINS
+from motif_data.atomic import atomic_write_bytes
+
+__all__ = ["plot_losses"]
+
+
+def _smooth(values: list[float], window: int) -> list[float]:
+    out, acc = [], []
+    for v in values:
+        acc.append(v)
+        if len(acc) > window:
+            acc.pop(0)
+        out.append(sum(acc) / len(acc))
+    return out
+
+
+def plot_losses(metrics_path: str | os.PathLike, png_path: str | os.PathLike, title: str = "") -> Path:
+    """Per-domain training loss against tokens seen (moving average over ~2 % of the steps) and the overall
+    loss in black; written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [
+        json.loads(line) for line in Path(metrics_path).read_text(encoding="utf-8").split("\n") if line
+    ]
+    if not records:
+        raise ValueError(f"{metrics_path} holds no steps: train at least one step before plotting")
+    window = max(1, len(records) // 50)
+    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=120)
+    colors = plt.get_cmap("tab10")
+    for i, domain in enumerate(DOMAINS):
+        points = [(r["tokens"], r["domain_loss"][domain]) for r in records if domain in r["domain_loss"]]
+        if points:
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, _smooth(list(ys), window), color=colors(i), linewidth=1.2, label=domain)
+    xs = [r["tokens"] for r in records]
+    ax.plot(
+        xs, _smooth([r["loss"] for r in records], window), color="black", linewidth=2.0, label="all domains"
+    )
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("cross-entropy loss (nats/token)")
+    smoothing = f", moving average of {window} steps" if window > 1 else ""
+    ax.set_title(f"{title or 'training loss'} per domain ({len(records)} steps{smoothing})")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper right", ncol=3, fontsize=9)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    atomic_write_bytes(png_path, buffer.getvalue())
+    return Path(png_path)

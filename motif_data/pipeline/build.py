@@ -28,7 +28,7 @@ from motif_data.pipeline.config import BuildConfig, expand_paths
 from motif_data.pipeline.layout import LOGS_DIR, SPILL_DIR, WORK_DIR
 from motif_data.shards import Manifest
 
-__all__ = ["build", "describe_plan", "stages"]
+__all__ = ["build", "describe_plan", "stages", "make_executors"]
 Log = Callable[[str], None]
 
 
@@ -58,7 +58,7 @@ def stages(config: BuildConfig, out: Path) -> list[Stage]:
     from motif_data.pipeline.accounting import Tally
     from motif_data.pipeline.dedup import DomainMinhashSignature, exact_config, minhash_config
     from motif_data.pipeline.filters import SourceFilters
-    from motif_data.pipeline.readers import SourceReader, assign_files
+    from motif_data.pipeline.readers import SourceReader
     from motif_data.pipeline.router import DomainRouter
     from motif_data.pipeline.tokenize import TokenizeStep
     from motif_data.pipeline.write import ShardWriteStep
@@ -67,8 +67,7 @@ def stages(config: BuildConfig, out: Path) -> list[Stage]:
     n = config.executor.tasks
     exact, near = config.dedup.exact, config.dedup.near
     ecfg, mcfg = exact_config(), minhash_config(config.dedup)
-    files = assign_files(config.sources, n)
-    ingest = [SourceReader(s, files[s.name]) for s in config.sources]
+    ingest = [SourceReader(s, config.sources) for s in config.sources]
     ingest += [
         DomainRouter(config.sources),
         SourceFilters(config.sources),
@@ -116,7 +115,7 @@ def stages(config: BuildConfig, out: Path) -> list[Stage]:
     return result
 
 
-def _executors(config: BuildConfig, out: Path, plan: list[Stage]) -> list:
+def make_executors(config: BuildConfig, out: Path, plan: list[Stage]) -> list:
     ex = config.executor
     logs = out / WORK_DIR / LOGS_DIR
     made: list = []
@@ -142,6 +141,8 @@ def _executors(config: BuildConfig, out: Path, plan: list[Stage]) -> list:
                     logging_dir=logging_dir,
                     cpus_per_task=ex.cpus_per_task,
                     mem_per_cpu_gb=ex.mem_per_cpu_gb,
+                    # a Ray job costs about a second to schedule: give each several ranks, two jobs per worker
+                    tasks_per_job=max(1, stage.tasks // (2 * workers)),
                 )
             )
         else:
@@ -224,7 +225,7 @@ def build(
     config = config.with_output(out)
     _prepare(config, out, force)
     plan = stages(config, out)
-    executors = _executors(config, out, plan)
+    executors = make_executors(config, out, plan)
     if config.executor.kind == "slurm":
         from datatrove.executor.slurm import SlurmPipelineExecutor
 

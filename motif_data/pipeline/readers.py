@@ -210,15 +210,19 @@ def assign_files(sources: tuple[SourceConfig, ...], tasks: int) -> dict[str, lis
 
 
 class SourceReader(PipelineStep):
-    """Reads one configured source: the files assigned to this task, or its split of a hub dataset."""
+    """Reads one configured source: the files :func:`assign_files` gives this task, or its split of a hub dataset.
+
+    Files are listed when the task runs (as datatrove's readers do), so the executor's payload stays small
+    and nothing is listed before the build starts; every task lists the same files in the same order.
+    """
 
     type = "📖 - READER"
     name = "motif source reader"
 
-    def __init__(self, source: SourceConfig, files: list[tuple[str, int]]):
+    def __init__(self, source: SourceConfig, sources: tuple[SourceConfig, ...]):
         super().__init__()
         self.source = source
-        self.files = files
+        self.sources = sources
 
     def _document(self, record: dict | None, error: str | None, ref: str) -> Document:
         meta: dict[str, Any] = {SOURCE_KEY: self.source.name}
@@ -250,7 +254,8 @@ class SourceReader(PipelineStep):
         if self.source.format == "hf":
             units = [(f"{self.source.dataset}@{rank}", _hf(self.source, rank, world_size))]
         else:
-            units = [(os.path.basename(p), read_records(self.source, p)) for p, r in self.files if r == rank]
+            files = assign_files(self.sources, world_size)[self.source.name]
+            units = [(os.path.basename(p), read_records(self.source, p)) for p, r in files if r == rank]
         for name, records in units:
             self.stat_update("files")
             for i, (record, error) in enumerate(records):

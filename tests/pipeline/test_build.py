@@ -5,24 +5,15 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-import pytest
 import yaml
 from pipeline_helpers import slice_config, snapshot
 
 from motif_data import DOMAINS, cli
-from motif_data.pipeline import build, parse_config
 from motif_data.shards import Manifest
 
 
-@pytest.fixture(scope="module")
-def built(sample_slices, o200k_path, tmp_path_factory):
-    out = tmp_path_factory.mktemp("build") / "out"
-    manifest = build(parse_config(slice_config(sample_slices, out, o200k_path)))
-    return out, manifest
-
-
-def test_every_domain_gets_documents_and_tokens(built):
-    out, manifest = built
+def test_every_domain_gets_documents_and_tokens(reference_build):
+    out, manifest = reference_build
     loaded = Manifest.load(out / "manifest.json")
     assert loaded == manifest
     for d in DOMAINS:
@@ -33,8 +24,8 @@ def test_every_domain_gets_documents_and_tokens(built):
             loaded.open_shard(shard, verify=True)  # sha256 of .bin and .idx match the manifest
 
 
-def test_shards_decode_to_the_kept_texts_with_o200k(built, sample_slices, o200k):
-    out, manifest = built
+def test_shards_decode_to_the_kept_texts_with_o200k(reference_build, sample_slices, o200k):
+    out, manifest = reference_build
     assert manifest.tokenizer.eot_id == o200k.eot_token == 199_999
     source_texts: dict[str, Counter] = {d: Counter() for d in DOMAINS}
     for domain, _, texts in sample_slices.values():
@@ -56,8 +47,8 @@ def test_shards_decode_to_the_kept_texts_with_o200k(built, sample_slices, o200k)
         assert sum(seen.values()) == manifest.domains[d].documents
 
 
-def test_accounting_counts_every_input_record(built, sample_slices):
-    out, manifest = built
+def test_accounting_counts_every_input_record(reference_build, sample_slices):
+    out, manifest = reference_build
     stats = json.loads((out / "stats.json").read_text())["sources"]
     for name, (_, _, texts) in sample_slices.items():
         rows = stats[name]
@@ -77,9 +68,9 @@ def test_accounting_counts_every_input_record(built, sample_slices):
 
 
 def test_cli_build_with_out_is_byte_identical_and_never_overwrites_without_force(
-    built, sample_slices, o200k_path, tmp_path, capsys, monkeypatch
+    reference_build, sample_slices, o200k_path, tmp_path, capsys, monkeypatch
 ):
-    out, _ = built
+    out, _ = reference_build
     # only this capability's subcommand: other subcommands are not under test here
     monkeypatch.setattr(cli, "_COMMAND_MODULES", ("motif_data.pipeline.cli",))
     cfg = slice_config(sample_slices, tmp_path / "config-output", o200k_path)

@@ -1,0 +1,70 @@
+"""A build killed with SIGKILL and started again, and a build on Ray, end byte-identical to a local one."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from pipeline_helpers import slice_config, snapshot
+
+from motif_data.pipeline import build, parse_config
+
+_RUN = "import json, sys; from motif_data.pipeline import build, parse_config; build(parse_config(json.load(open(sys.argv[1]))))"
+
+
+def _kill_when(cfg_path: Path, trigger: Path, timeout: float = 60.0) -> None:
+    """Start the build in its own process group and SIGKILL the whole group as soon as ``trigger`` exists."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _RUN, str(cfg_path)],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + timeout
+    try:
+        while not trigger.exists():
+            assert proc.poll() is None, f"the build ended before {trigger.name} appeared"
+            assert time.monotonic() < deadline, f"{trigger} never appeared"
+            time.sleep(0.005)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.mark.parametrize(
+    "trigger",
+    [
+        ".build/logs/1-ingest/completions/00000",  # during ingest, one task done
+        ".build/logs/4-minhash-buckets/completions/00003",  # in the middle of the LSH buckets
+        ".build/results/00000.json",  # shards of task 0 written, task not yet marked complete
+    ],
+)
+def test_build_killed_and_restarted_is_byte_identical(
+    trigger, reference_build, sample_slices, o200k_path, tmp_path
+):
+    out = tmp_path / "out"
+    cfg = slice_config(sample_slices, out, o200k_path)
+    cfg_path = tmp_path / "cfg.json"
+    cfg_path.write_text(json.dumps(cfg))
+    _kill_when(cfg_path, out / trigger)
+    assert not (out / "manifest.json").exists()
+    build(parse_config(cfg))  # the same config and output directory: resumes
+    assert snapshot(out) == snapshot(reference_build[0])
+
+
+def test_ray_executor_gives_the_same_bytes_as_local(reference_build, sample_slices, o200k_path, tmp_path):
+    ray = pytest.importorskip("ray", reason="the optional 'ray' extra is part of the test dependencies")
+    cfg = slice_config(sample_slices, tmp_path / "out", o200k_path)
+    cfg["executor"] = {"kind": "ray", "tasks": 2, "workers": 2, "mem_per_cpu_gb": 0.5}
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        build(parse_config(cfg))
+    finally:
+        ray.shutdown()
+    assert snapshot(tmp_path / "out") == snapshot(reference_build[0])

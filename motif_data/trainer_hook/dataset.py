@@ -65,9 +65,10 @@ class _DomainData:
             r = self.readers[i] = (shard.tokens.view(np.ndarray), shard.offsets.view(np.ndarray))
         return r
 
-    def fill(self, start: int, tokens_out: np.ndarray, positions_out: np.ndarray, arange: np.ndarray) -> None:
-        """Write tokens ``[start, start + len(tokens_out))`` of the domain stream and their positions inside
-        their documents into the given int64 rows (one copy, no temporaries in the common case)."""
+    def fill(self, start: int, tokens_out: np.ndarray, base: int, docs: list[int], cuts: list[int]) -> None:
+        """Write tokens ``[start, start + len(tokens_out))`` of the domain stream into ``tokens_out`` (an int64
+        row at flat index ``base`` of its batch) and append, per document part in it, the flat index where
+        the document starts (``docs``; before ``base`` if it began earlier) and where its part starts (``cuts``)."""
         i = bisect.bisect_right(self.starts_list, start) - 1
         off = start - self.starts_list[i]
         done, length = 0, len(tokens_out)
@@ -75,27 +76,21 @@ class _DomainData:
             tokens, offsets = self.reader(i)
             n = min(length - done, len(tokens) - off)
             tokens_out[done : done + n] = tokens[off : off + n]
-            _positions_into(offsets, off, positions_out[done : done + n], arange)
+            # uint64 search keys: a Python int against the uint64 index would convert the whole index.
+            first = int(offsets.searchsorted(np.uint64(off), side="right")) - 1
+            last = int(offsets.searchsorted(np.uint64(off + n), side="left"))
+            shift = base + done - off
+            flat = [d + shift for d in offsets[first:last].tolist()]
+            docs.extend(flat)
+            flat[0] = base + done
+            cuts.extend(flat)
             done, i, off = done + n, i + 1, 0
 
 
-def _positions_into(offsets: np.ndarray, off: int, out: np.ndarray, arange: np.ndarray) -> None:
-    """Position of each token of ``[off, off + len(out))`` in its document (0 at each document start)."""
-    # Called once per sequence, so ndarray methods rather than np.* wrappers, and uint64 search keys: a
-    # Python int against the uint64 index would convert the whole index on every call.
-    length = len(out)
-    first = int(offsets.searchsorted(np.uint64(off), side="right")) - 1
-    last = int(offsets.searchsorted(np.uint64(off + length), side="left"))
-    starts = offsets[first:last].astype(np.int64)
-    starts -= off  # document starts relative to the window; the first is <= 0
-    if len(starts) == 1:
-        np.subtract(arange[:length], starts[0], out=out)
-        return
-    lengths = np.empty(len(starts), dtype=np.int64)  # of each document's part inside the window
-    lengths[:-1] = starts[1:]
-    lengths[-1] = length
-    lengths[1:] -= starts[1:]
-    np.subtract(arange[:length], starts.repeat(lengths), out=out)
+def _positions(docs: list[int], cuts: list[int], out: np.ndarray, arange: np.ndarray) -> None:
+    """``out[j]`` = j − start of j's document, for the flat (batch × span) rows whose parts ``fill`` listed."""
+    lengths = np.diff(np.array(cuts, dtype=np.int64), append=len(out))
+    np.subtract(arange[: len(out)], np.array(docs, dtype=np.int64).repeat(lengths), out=out)
 
 
 def _resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -181,7 +176,7 @@ class MixtureDataset(IterableDataset):
             )
         self._check_files(verify)
         self.config_hash = self._config_hash()
-        self._arange = np.arange(self.seq_len + 1, dtype=np.int64)
+        self._arange = np.arange(self.batch_size * (self.seq_len + 1), dtype=np.int64)  # flat batch
         self._state = {"position": 0, "chunk": 0, "item": 0, "worker": None}
 
     # -- validation ---------------------------------------------------------------------------------------
@@ -267,18 +262,26 @@ class MixtureDataset(IterableDataset):
             epoch[sel], window[sel] = e, w
         return epoch, window
 
-    def _fill(self, domain: int, window: int, tokens_out: np.ndarray, positions_out: np.ndarray) -> None:
-        self.domains[domain].fill(window * (self.seq_len + 1), tokens_out, positions_out, self._arange)
+    def _fill_rows(
+        self, dom: list[int], window: list[int], tokens: np.ndarray, positions: np.ndarray
+    ) -> None:
+        """Rows of ``tokens`` / ``positions`` (shape ``(n, span)``) for the given (domain, window) pairs."""
+        span = self.seq_len + 1
+        docs: list[int] = []
+        cuts: list[int] = []
+        for i, (d, w) in enumerate(zip(dom, window, strict=True)):
+            self.domains[d].fill(w * span, tokens[i], i * span, docs, cuts)
+        _positions(docs, cuts, positions.reshape(-1), self._arange)
 
     def sequence(self, domain: int, window: int) -> dict[str, torch.Tensor]:
         """The item for packed window ``window`` of domain ``domain``."""
-        tokens = np.empty(self.seq_len + 1, dtype=np.int64)
-        positions = np.empty(self.seq_len + 1, dtype=np.int64)
-        self._fill(domain, window, tokens, positions)
+        tokens = np.empty((1, self.seq_len + 1), dtype=np.int64)
+        positions = np.empty((1, self.seq_len + 1), dtype=np.int64)
+        self._fill_rows([domain], [window], tokens, positions)
         return {
-            "input_ids": torch.from_numpy(tokens),
+            "input_ids": torch.from_numpy(tokens[0]),
             "domain": torch.tensor(domain, dtype=torch.int64),
-            "position_ids": torch.from_numpy(positions),
+            "position_ids": torch.from_numpy(positions[0]),
         }
 
     def items(self, start: int, stop: int) -> Iterator[dict[str, torch.Tensor]]:
@@ -338,13 +341,22 @@ class MixtureDataset(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         worker, workers, position, first, item = self._start()
         b = self.batch_size
+        span = self.seq_len + 1
         for chunk, dom, window in self._runs(workers, position, first):
-            for d, w in zip(dom[item:].tolist(), window[item:].tolist(), strict=True):
+            # Filled a run at a time (cheaper than one by one); each item is a row view of the run.
+            n = len(dom) - item
+            tokens, positions = np.empty((n, span), dtype=np.int64), np.empty((n, span), dtype=np.int64)
+            self._fill_rows(dom[item:].tolist(), window[item:].tolist(), tokens, positions)
+            for i, d in enumerate(dom[item:].tolist()):
                 item += 1
                 nxt, it = (chunk + workers, 0) if item == b else (chunk, item)
                 # Updated before the yield: a state taken after receiving an item must not repeat it.
                 self._state = {"position": position, "chunk": nxt, "item": it, "worker": [worker, workers]}
-                yield self.sequence(d, w)
+                yield {
+                    "input_ids": torch.from_numpy(tokens[i]),
+                    "domain": torch.tensor(d, dtype=torch.int64),
+                    "position_ids": torch.from_numpy(positions[i]),
+                }
             item = 0
 
     def iter_batches(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -357,9 +369,7 @@ class MixtureDataset(IterableDataset):
         for chunk, dom, window in self._runs(workers, position, first):
             tokens = torch.empty((len(dom), span), dtype=torch.int64)
             positions = torch.empty((len(dom), span), dtype=torch.int64)
-            tok_np, pos_np = tokens.numpy(), positions.numpy()
-            for i, (d, w) in enumerate(zip(dom.tolist(), window.tolist(), strict=True)):
-                self._fill(d, w, tok_np[i], pos_np[i])
+            self._fill_rows(dom.tolist(), window.tolist(), tokens.numpy(), positions.numpy())
             self._state = {
                 "position": position,
                 "chunk": chunk + workers,

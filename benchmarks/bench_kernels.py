@@ -15,7 +15,14 @@ import torch.nn.functional as F
 import triton
 from triton.testing import do_bench
 
-from motif_data.kernels import diff_attention, linear_cross_entropy, poly_norm, poly_norm_mul
+from motif_data.kernels import (
+    diff_attention,
+    diff_attn,
+    linear_cross_entropy,
+    poly_norm,
+    poly_norm_mul,
+    polynorm,
+)
 from motif_data.kernels.diff_attn import reference_diff_attention
 from motif_data.kernels.linear_ce import default_backend
 from motif_data.kernels.polynorm import reference_poly_norm
@@ -123,6 +130,8 @@ def polynorm_tables(m: int, n: int, copy_gbs: float) -> None:
             if name != ours_name
         )
         emit(f"speed-up of {ours_name} over  {speedups}")
+        for kernel in ("_poly_norm_fwd_kernel", "_poly_norm_bwd_kernel"):
+            emit(f"  autotuned {kernel}: {getattr(polynorm, kernel).best_config}")
         with torch.no_grad():
             xd = x.double()
             want = reference_poly_norm(xd, w.double(), b.double()) * (y.double() if gated else 1.0)
@@ -162,6 +171,8 @@ def diff_attn_table(batch: int, seq: int, heads: int, d: int, dv: int) -> None:
         )
     (of, ofb), (rf, rfb) = results["ours (Triton)"], results["two-SDPA reference"]
     emit(f"speed-up over two-SDPA reference: fwd {rf / of:.2f}x, fwd+bwd {rfb / ofb:.2f}x")
+    for kernel in ("_diff_attn_fwd_kernel", "_diff_attn_bwd_kv_kernel", "_diff_attn_bwd_q_kernel"):
+        emit(f"  autotuned {kernel}: {getattr(diff_attn, kernel).best_config}")
     # Accuracy at this shape: both bf16 paths against an fp32 reference on the same inputs (first batch).
     sl = slice(0, 1)
     with torch.no_grad():

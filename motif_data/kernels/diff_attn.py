@@ -57,6 +57,8 @@ _FWD_CONFIGS = _configs(
         (64, 64, {"DV_SPLIT": 1}, 8, 2),
         (128, 64, {"DV_SPLIT": 2}, 8, 2),
         (128, 32, {"DV_SPLIT": 2}, 8, 3),
+        (64, 64, {"DV_SPLIT": 2}, 4, 3),
+        (128, 64, {"DV_SPLIT": 2}, 8, 3),
     ]
 )
 _BWD_KV_CONFIGS = _configs(
@@ -65,6 +67,8 @@ _BWD_KV_CONFIGS = _configs(
         (64, 64, {}, 8, 2),
         (32, 64, {}, 4, 2),
         (32, 128, {}, 8, 2),
+        (32, 64, {}, 8, 2),
+        (64, 64, {}, 8, 3),
     ]
 )
 _BWD_Q_CONFIGS = _configs(
@@ -73,6 +77,8 @@ _BWD_Q_CONFIGS = _configs(
         (64, 64, {}, 8, 2),
         (64, 32, {}, 4, 2),
         (128, 32, {}, 8, 3),
+        (128, 64, {}, 8, 1),
+        (64, 64, {}, 4, 2),
     ]
 )
 N_CONFIGS = max(len(c) for c in (_FWD_CONFIGS, _BWD_KV_CONFIGS, _BWD_Q_CONFIGS))
@@ -102,18 +108,19 @@ def _fwd_inner(
         else:
             k1 = tl.load(k1_ptrs + start_n * stride_ks)
             k2 = tl.load(k2_ptrs + start_n * stride_ks)
-        s1 = _dot(q1, k1, PREC) * qk_scale
-        s2 = _dot(q2, k2, PREC) * qk_scale
+        s1 = _dot(q1, k1, PREC)
+        s2 = _dot(q2, k2, PREC)
         if MASKED:
             valid = offs_n[None, :] < S
             if CAUSAL:
                 valid = valid & (offs_m[:, None] >= offs_n[None, :])
             s1 = tl.where(valid, s1, float("-inf"))
             s2 = tl.where(valid, s2, float("-inf"))
-        m1_new = tl.maximum(m1, tl.max(s1, 1))
-        m2_new = tl.maximum(m2, tl.max(s2, 1))
-        p1 = tl.math.exp2(s1 - m1_new[:, None])
-        p2 = tl.math.exp2(s2 - m2_new[:, None])
+        # The scale is applied inside exp2's argument (one FMA per score) rather than to every score first.
+        m1_new = tl.maximum(m1, tl.max(s1, 1) * qk_scale)
+        m2_new = tl.maximum(m2, tl.max(s2, 1) * qk_scale)
+        p1 = tl.math.exp2(s1 * qk_scale - m1_new[:, None])
+        p2 = tl.math.exp2(s2 * qk_scale - m2_new[:, None])
         alpha1 = tl.math.exp2(m1 - m1_new)
         alpha2 = tl.math.exp2(m2 - m2_new)
         l1 = l1 * alpha1 + tl.sum(p1, 1)

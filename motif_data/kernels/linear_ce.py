@@ -16,8 +16,10 @@ __all__ = ["linear_cross_entropy", "reference_linear_cross_entropy", "LinearCros
 
 BACKENDS = ("cce", "liger", "chunked")
 _REDUCTIONS = ("mean", "sum", "none")
-# Logit elements per chunk of the CPU/fallback path: 2**24 fp32 values = 64 MiB of transient logits.
+# Logit elements per chunk of the fallback: 2**24 fp32 values (64 MiB) on the CPU; on a GPU without either
+# library, 2**27 (512 MiB), since narrow chunks leave the matrix units idle.
 _CHUNK_ELEMENTS = 1 << 24
+_CHUNK_ELEMENTS_GPU = 1 << 27
 
 
 def reference_linear_cross_entropy(
@@ -86,7 +88,8 @@ def _reduce(losses: torch.Tensor, targets: torch.Tensor, ignore_index: int, redu
 
 def _chunked(hidden, weight, targets, ignore_index, reduction, chunk=None):
     if chunk is None:
-        chunk = max(1, _CHUNK_ELEMENTS // max(1, weight.shape[0]))
+        budget = _CHUNK_ELEMENTS_GPU if hidden.device.type == "cuda" else _CHUNK_ELEMENTS
+        chunk = max(1, budget // max(1, weight.shape[0]))
     losses = _ChunkedLinearCE.apply(hidden, weight, targets, ignore_index, chunk)
     return _reduce(losses, targets, ignore_index, reduction)
 

@@ -40,7 +40,9 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
 
-    base = load_config(args.config).replace(steps=args.steps, warmup_steps=min(3, args.steps), ckpt_every=0)
+    base = load_config(args.config).replace(
+        steps=args.steps, warmup_steps=min(3, args.steps), save_checkpoints=False
+    )
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu, load {os.getloadavg()}"
     print(f"device: {device}; torch {torch.__version__}; python {platform.python_version()}")
     print(f"config: {args.config} ({base.preset}), {base.micro_batch}×{base.seq_len} tokens per micro-batch, "

@@ -77,7 +77,9 @@ def run(args: argparse.Namespace) -> int:
     manifest = resolve_corpus(cfg.corpus, out)
     summary = train(cfg, out, manifest, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:
-        png = plot_losses(out / "metrics.jsonl", out / "loss.png", title=f"{args.config.stem} ({cfg.preset})")
+        png = plot_losses(
+            out / "metrics.jsonl", out / "loss.png", title=f"{args.config.name}, model {cfg.preset}"
+        )
         speed = f"{summary['median_tokens_per_s']:,.0f} tokens/s" if summary["median_tokens_per_s"] else ""
         mfu = f", MFU {summary['median_mfu']:.1%}" if summary["median_mfu"] is not None else ""
         print(f"train: done, final loss {summary['final_loss']:.4f}, {speed}{mfu}; loss curve {png}")

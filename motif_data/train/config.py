@@ -110,6 +110,7 @@ class TrainConfig:
     kernels: str = "auto"  # auto: Triton on GPU / reference on CPU; reference: always the pure-PyTorch ops
     compile: bool = False
     log_every: int = 1
+    save_checkpoints: bool = True  # False for timing runs
     ckpt_every: int = 0  # 0: only at the end
     keep_checkpoints: int = 2
     peak_tflops: float | None = None  # None: looked up from the device name for MFU

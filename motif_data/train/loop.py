@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
 import json
 import math
 import os
@@ -89,10 +88,8 @@ def _set_rng_state(state: dict) -> None:
 
 
 def _save(path: Path, state: dict, keep: int | None = None) -> None:
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
     with atomic_open(path, "wb") as f:
-        f.write(buffer.getbuffer())
+        torch.save(state, f)
     if keep is not None:
         for old in sorted(p for p in path.parent.glob("step-*.pt") if _CHECKPOINT.match(p.name))[:-keep]:
             old.unlink()
@@ -294,7 +291,7 @@ def train(
                     flush=True,
                 )
 
-        if (cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == cfg.steps:
+        if cfg.save_checkpoints and ((cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == cfg.steps):
             state = {
                 "step": done,
                 "model_config": dataclasses.asdict(model_cfg),

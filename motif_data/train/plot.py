@@ -37,7 +37,7 @@ def plot_losses(metrics_path: str | os.PathLike, png_path: str | os.PathLike, ti
     if not records:
         raise ValueError(f"{metrics_path} holds no steps: train at least one step before plotting")
     window = max(1, len(records) // 50)
-    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=120)
+    fig, ax = plt.subplots(figsize=(10, 5.5), dpi=120)
     colors = plt.get_cmap("tab10")
     for i, domain in enumerate(DOMAINS):
         points = [(r["tokens"], r["domain_loss"][domain]) for r in records if domain in r["domain_loss"]]
@@ -51,9 +51,10 @@ def plot_losses(metrics_path: str | os.PathLike, png_path: str | os.PathLike, ti
     ax.set_xlabel("training tokens")
     ax.set_ylabel("cross-entropy loss (nats/token)")
     smoothing = f", moving average of {window} steps" if window > 1 else ""
-    ax.set_title(f"{title or 'training loss'} per domain ({len(records)} steps{smoothing})")
+    run = f" — {title}" if title else ""
+    ax.set_title(f"Training loss per domain{run} ({len(records)} steps{smoothing})")
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="upper right", ncol=3, fontsize=9)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, title="domain")
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")

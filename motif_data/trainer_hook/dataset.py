@@ -27,7 +27,7 @@ from motif_data.mixer.permutation import hash64, permute
 from motif_data.mixer.plan import packed_sequences
 from motif_data.mixer.sampler import QuotaSampler
 from motif_data.mixer.schedule import MixtureSchedule
-from motif_data.shards import Manifest, ShardError
+from motif_data.shards import TOKEN_DTYPE, Manifest, ShardError
 
 __all__ = ["MixtureDataset", "MixtureDataLoader", "DomainExhaustedError", "STATE_VERSION"]
 
@@ -163,11 +163,11 @@ class MixtureDataset(IterableDataset):
             self._check_tokenizer(tokenizer)
         self.sampler = QuotaSampler(schedule, self.seq_len, self.seed)
         self.domains: dict[int, _DomainData] = {}
-        missing = []
+        missing, active = [], schedule.active_domains()
         for d, name in enumerate(DOMAINS):
             if name in self.manifest.domains:
                 self.domains[d] = _DomainData(self.manifest, name, self.seq_len)
-            if name in schedule.active_domains() and (d not in self.domains or not self.domains[d].sequences):
+            if name in active and (d not in self.domains or not self.domains[d].sequences):
                 missing.append(name)
         if missing:
             raise ValueError(
@@ -208,9 +208,9 @@ class MixtureDataset(IterableDataset):
                     raise ShardError(
                         f"shard {path} listed in the manifest is missing: rebuild or fix the manifest"
                     ) from None
-                if size != 4 * s.tokens:
+                if size != TOKEN_DTYPE.itemsize * s.tokens:
                     raise ShardError(
-                        f"shard {path} is truncated: {size} bytes, the manifest says {4 * s.tokens}"
+                        f"shard {path} is truncated: {size} bytes, the manifest says {TOKEN_DTYPE.itemsize * s.tokens}"
                     )
                 if verify:
                     self.manifest.open_shard(s, verify=True)

@@ -6,13 +6,15 @@ or applied to, a different base.
 
 from __future__ import annotations
 
+import base64
+import gzip
 import hashlib
+import importlib.util
 import os
 from pathlib import Path
 from unittest import mock
 
 import tiktoken
-import tiktoken.load
 import tiktoken_ext.openai_public
 
 __all__ = ["O200K_SHA256", "O200K_FILENAME", "load_base", "base_spec", "fingerprint"]
@@ -21,13 +23,15 @@ O200K_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d
 O200K_FILENAME = "o200k_base.tiktoken"
 
 
-def _check_file(path: Path) -> bytes:
+def _read_checked(path: Path) -> bytes:
     if not path.is_file():
         raise FileNotFoundError(
             f"o200k_base rank file not found at {path}: pass --base PATH to the file "
             f"(sha256 {O200K_SHA256[:16]}…) or set TIKTOKEN_CACHE_DIR"
         )
     data = path.read_bytes()
+    if path.suffix == ".gz":
+        data = gzip.decompress(data)
     digest = hashlib.sha256(data).hexdigest()
     if digest != O200K_SHA256:
         raise ValueError(
@@ -37,15 +41,30 @@ def _check_file(path: Path) -> bytes:
     return data
 
 
+def _packaged_copy() -> Path | None:
+    """o200k as shipped inside the ``bpe-openai`` wheel (the ``demo`` extra), for offline machines.
+
+    Located without importing the package, whose native extension we do not need.
+    """
+    spec = importlib.util.find_spec("bpe_openai")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(spec.submodule_search_locations[0]) / "data" / "o200k_base.tiktoken.gz"
+    return path if path.is_file() else None
+
+
 def base_spec(path: str | os.PathLike | None = None) -> dict:
     """The constructor arguments of the o200k ``tiktoken.Encoding`` (name, pat_str, ranks, specials).
 
-    Source, in order: ``path``; ``$TIKTOKEN_CACHE_DIR/o200k_base.tiktoken``; tiktoken's own loader
-    (its cache, or a download for users who are online).
+    Source, in order: ``path``; ``$TIKTOKEN_CACHE_DIR/o200k_base.tiktoken``; tiktoken's own cache
+    (``TIKTOKEN_CACHE_DIR`` in its layout); the copy in an installed ``bpe-openai`` wheel; a download by
+    tiktoken for users who are online.
     """
     cache = os.environ.get("TIKTOKEN_CACHE_DIR")
     if path is None and cache and (Path(cache) / O200K_FILENAME).is_file():
         path = Path(cache) / O200K_FILENAME
+    if path is None and not cache:
+        path = _packaged_copy()
     if path is None:
         enc = tiktoken.get_encoding("o200k_base")
         return {
@@ -54,8 +73,10 @@ def base_spec(path: str | os.PathLike | None = None) -> dict:
             "mergeable_ranks": enc._mergeable_ranks,
             "special_tokens": enc._special_tokens,
         }
-    _check_file(Path(path))
-    ranks = tiktoken.load.load_tiktoken_bpe(str(path), expected_hash=O200K_SHA256)
+    data = _read_checked(Path(path))
+    ranks = {
+        base64.b64decode(token): int(rank) for token, rank in (line.split() for line in data.splitlines() if line)
+    }
     # tiktoken defines o200k's split pattern and specials inside the function that downloads the ranks;
     # hand it our ranks instead so the pattern stays tiktoken's own, never a copy that could drift.
     with mock.patch.object(tiktoken_ext.openai_public, "load_tiktoken_bpe", return_value=ranks):

@@ -10,6 +10,7 @@ Directory layout (every file byte-identical for the same encoding):
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -18,6 +19,7 @@ import tiktoken
 
 from motif_data.atomic import atomic_dir, atomic_write_bytes, atomic_write_text
 from motif_data.tokenizer.bpe import merge_parts
+from motif_data.tokenizer.vocab import BASE_RANKS
 
 __all__ = ["RANKS_FILE", "SPECIALS_FILE", "HF_FILE", "HF_CONFIG_FILE", "save", "load", "to_hf", "write_dir"]
 
@@ -47,6 +49,32 @@ def _byte_alphabet() -> dict[int, str]:
     return mapping
 
 
+_PREFIX_MERGES: dict[bytes, list[tuple[bytes, bytes]]] = {}
+
+
+def _merges(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
+    """Every multi-byte token's two parts, in rank order, recovered with tiktoken's merge rule.
+
+    A token's merge depends only on lower ranks, so the o200k part (≈ 2 s in Python) is remembered
+    per process under a digest of those ranks and reused by later exports that share it.
+    """
+    ordered = sorted(ranks.items(), key=lambda kv: kv[1])
+    base = [token for token, rank in ordered if rank < BASE_RANKS]
+    key = hashlib.sha256(b"".join(len(t).to_bytes(2, "little") + t for t in base)).digest()
+    if len(base) != BASE_RANKS:
+        key = b""  # ranks 0 … BASE_RANKS-1 are not all there: nothing to share
+    merges = list(_PREFIX_MERGES.get(key, ()))
+    for token, rank in ordered[len(base) if merges else 0 :]:
+        if len(token) > 1:
+            parts = merge_parts(token, ranks)
+            if parts is None:
+                raise ValueError(f"token {rank} ({token!r}) cannot be built from lower ranks; not exportable")
+            merges.append(parts)
+        if key and rank == BASE_RANKS - 1 and key not in _PREFIX_MERGES:
+            _PREFIX_MERGES[key] = list(merges)
+    return merges
+
+
 def to_hf(enc: tiktoken.Encoding):
     """An HF ``tokenizers.Tokenizer`` with ``enc``'s ids.
 
@@ -61,15 +89,8 @@ def to_hf(enc: tiktoken.Encoding):
     def show(token: bytes) -> str:
         return "".join(alphabet[b] for b in token)
 
-    ranks = enc._mergeable_ranks
-    merges = []
-    for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
-        if len(token) > 1:
-            parts = merge_parts(token, ranks)
-            if parts is None:
-                raise ValueError(f"token {rank} ({token!r}) cannot be built from lower ranks; not exportable")
-            merges.append((show(parts[0]), show(parts[1])))
-    vocab = {show(token): rank for token, rank in ranks.items()}
+    merges = [(show(left), show(right)) for left, right in _merges(enc._mergeable_ranks)]
+    vocab = {show(token): rank for token, rank in enc._mergeable_ranks.items()}
     vocab.update(enc._special_tokens)
     model = models.BPE(vocab=vocab, merges=merges, ignore_merges=True)
     tokenizer = Tokenizer(model)

@@ -56,3 +56,12 @@ def test_fingerprint_changes_with_any_rank(o200k):
     ranks[token], ranks[b"zz"] = ranks[b"zz"], ranks[token]
     b = tiktoken.Encoding(mergeable_ranks=ranks, **spec)
     assert before != fingerprint(b)
+
+
+def test_load_base_offline_from_the_bpe_openai_wheel(o200k, monkeypatch):
+    # The demo extra installs bpe-openai, whose wheel carries o200k: no download, no cache dir needed.
+    from motif_data.tokenizer import base
+
+    monkeypatch.delenv("TIKTOKEN_CACHE_DIR", raising=False)
+    assert base._packaged_copy() is not None, "bpe-openai (test/demo extra) should be installed"
+    assert fingerprint(load_base()) == fingerprint(o200k)

@@ -1,0 +1,160 @@
+"""Benchmark of the Korean-extended o200k tokenizer, all figures measured in this one run.
+
+1. Training time of the full-size run (all Korean samples, 19,493 merges, 2 worker processes).
+2. Quality on Korean text NOT used for training: a second run trains on kowiki_train + 90 % of the movie
+   reviews and is measured on kowiki_fineweb2_schema.parquet (other articles) and the held-out 10 % of
+   reviews (every 10th document).
+3. Encode speed on the same text, single thread: extended (tiktoken) vs o200k (tiktoken) vs exported HF.
+4. Bytes/token per domain for all eight domains of ../shared/data, and whether ids equal o200k's.
+5. HF tokenizer.json vs tiktoken on every document of the shared samples (id mismatches, decode failures).
+
+Usage: python benchmarks/bench_tokenizer.py [--shared ../shared] [--quick]
+CPU timings on a shared machine are noisy; the load average is printed with the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+import unicodedata
+from pathlib import Path
+
+import tiktoken
+import tokenizers
+
+from motif_data import DOMAINS
+from motif_data.tokenizer import TrainConfig, load_base, save, train
+from motif_data.tokenizer.corpus import iter_texts
+from motif_data.tokenizer.evaluate import compare_file, hf_parity, unreachable_tokens
+from motif_data.tokenizer.export import HF_FILE
+
+
+def _split_reviews(reviews: Path, out: Path) -> tuple[Path, Path]:
+    """Every 10th review is held out; the rest may be trained on."""
+    import orjson
+
+    kept, held = out / "nsmc_train.jsonl", out / "nsmc_heldout.jsonl"
+    with open(kept, "wb") as k, open(held, "wb") as h:
+        for i, text in enumerate(iter_texts(reviews)):
+            (h if i % 10 == 0 else k).write(orjson.dumps({"text": text}) + b"\n")
+    return kept, held
+
+
+def _speed(texts: list[str], encode, repeat: int = 2) -> float:
+    """Best of ``repeat`` passes, MB/s of UTF-8 input, one document at a time on one thread."""
+    mb = sum(len(t.encode()) for t in texts) / 1e6
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for text in texts:
+            encode(text)
+        best = min(best, time.perf_counter() - start)
+    return mb / best
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared")
+    parser.add_argument("--quick", action="store_true", help="skip the full parity pass over all documents")
+    args = parser.parse_args()
+    data, base_path = args.shared / "data", args.shared / "tokenizers" / "o200k_base.tiktoken"
+    korean = data / "korean"
+    print(
+        f"# bench_tokenizer — {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    )
+    print(
+        f"tiktoken {tiktoken.__version__}, tokenizers {tokenizers.__version__}; load average at start {os.getloadavg()}"
+    )
+    base = load_base(base_path)
+    work = Path(tempfile.mkdtemp(prefix="bench_tokenizer_"))
+
+    # 1. full-size training run
+    inputs = tuple((str(p), 1) for p in sorted(korean.iterdir()))
+    start = time.perf_counter()
+    full = train(TrainConfig(inputs=inputs, base=str(base_path)), progress=True)
+    train_s = time.perf_counter() - start
+    save(full.encoding, work / "full", extra={"training.json": full.report})
+    load_after = os.getloadavg()
+    report = full.report
+    print(
+        f"\n## training: all Korean samples ({report['corpus']['documents']:,} documents, "
+        f"{report['unique_pieces']:,} unique Hangul pieces)\n"
+        f"learned {report['learned_tokens']:,} tokens in {train_s:.1f} s (counting included, 2 workers), "
+        f"stop: {report['stop_reason']}; unreachable learned tokens: {len(unreachable_tokens(full.encoding))}; "
+        f"load average {load_after}"
+    )
+
+    # 2. held-out quality
+    kept, held = _split_reviews(korean / "nsmc_reviews.jsonl.zst", work)
+    start = time.perf_counter()
+    split = train(
+        TrainConfig(
+            inputs=((str(korean / "kowiki_train.jsonl.zst"), 1), (str(kept), 1)), base=str(base_path)
+        ),
+        progress=False,
+    )
+    split_s = time.perf_counter() - start
+    print(
+        f"\n## Korean text not used for training (tokenizer trained on kowiki_train + 90 % of reviews in {split_s:.1f} s)"
+    )
+    print("| held-out file | o200k bytes/token | extended bytes/token | change |\n|---|---|---|---|")
+    for path in (korean / "kowiki_fineweb2_schema.parquet", held):
+        row = compare_file(path, base, split.encoding)
+        print(
+            f"| {path.name} | {row['o200k_bytes_per_token']:.3f} | {row['extended_bytes_per_token']:.3f} | "
+            f"{row['bytes_per_token_change']:+.1%} |"
+        )
+
+    # 3. encode speed on the same texts
+    hf = tokenizers.Tokenizer.from_file(str(work / "full" / HF_FILE))
+    ko = [unicodedata.normalize("NFC", t) for t in iter_texts(korean / "kowiki_fineweb2_schema.parquet")][
+        :1500
+    ]
+    en = list(iter_texts(data / "web" / "dclm_samples.jsonl.zst"))
+    print("\n## encode speed, one thread, MB/s of UTF-8 input (best of 2)")
+    print(
+        "| text | o200k tiktoken | extended tiktoken | extended / o200k | exported HF tokenizer |\n|---|---|---|---|---|"
+    )
+    for name, texts in (("Korean Wikipedia (held out)", ko), ("English web (dclm)", en)):
+        o = _speed(texts, base.encode_ordinary)
+        e = _speed(texts, full.encoding.encode_ordinary)
+        h = _speed(texts, lambda t: hf.encode(t, add_special_tokens=False))
+        print(f"| {name} | {o:.2f} | {e:.2f} | {e / o:.2f}× | {h:.2f} |")
+
+    # 4. bytes/token per domain
+    print("\n## bytes/token per domain (full-size tokenizer; Korean rows are its training data)")
+    print("| domain | file | o200k | extended | change | ids equal o200k |\n|---|---|---|---|---|---|")
+    for domain in DOMAINS:
+        for path in sorted((data / domain).glob("*")):
+            row = compare_file(path, base, full.encoding)
+            texts = [unicodedata.normalize("NFC", t) for t in iter_texts(path)]
+            same = base.encode_ordinary_batch(texts) == full.encoding.encode_ordinary_batch(texts)
+            print(
+                f"| {domain} | {path.name} | {row['o200k_bytes_per_token']:.3f} | "
+                f"{row['extended_bytes_per_token']:.3f} | {row['bytes_per_token_change']:+.1%} | {'yes' if same else 'no'} |"
+            )
+
+    # 5. parity on every document
+    if not args.quick:
+        start = time.perf_counter()
+        texts = (
+            unicodedata.normalize("NFC", t)
+            for domain in DOMAINS
+            for path in sorted((data / domain).glob("*"))
+            for t in iter_texts(path)
+        )
+        p = hf_parity(full.encoding, hf, texts)
+        print(
+            f"\n## HF tokenizer.json vs tiktoken, every document of the shared samples: {p['checked']:,} documents, "
+            f"{p['mismatches']} id mismatches, {p['decode_failures']} failed decodes ({time.perf_counter() - start:.0f} s)"
+        )
+    print(f"\nload average at end {os.getloadavg()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

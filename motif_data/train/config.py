@@ -83,6 +83,7 @@ class TrainConfig:
     # data
     corpus: str | None = None  # manifest.json of a build, or a pipeline TOML to build; None: shared sample
     schedule: str = "motif-2.6b"  # a mixer preset name or the path of a schedule TOML
+    fit_schedule: bool = False  # scale the schedule's stages to this run's tokens (a short run anneals too)
     seq_len: int = 256
     micro_batch: int = 8
     grad_accum: int = 1

@@ -141,7 +141,7 @@ def train(
 ) -> dict:
     """Train for ``cfg.steps`` optimizer steps; writes ``metrics.jsonl``, ``checkpoints/step-N.pt``,
     ``summary.json`` (and ``model-sma.pt`` with averaging) under ``out`` and returns the summary."""
-    from motif_data.mixer import MixtureSchedule
+    from motif_data.mixer import MixtureSchedule, Stage
     from motif_data.trainer_hook import (
         CheckpointAverager,
         DomainCounters,
@@ -180,13 +180,19 @@ def train(
     )
     use_bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and device.type == "cuda")
 
+    tokens_per_step = cfg.tokens_per_step_per_rank * world_size
+    schedule = MixtureSchedule.load(cfg.schedule)
+    if cfg.fit_schedule:
+        scale = cfg.steps * tokens_per_step / schedule.total_tokens
+        stages = [Stage(st.name, st.tokens * scale, st.start, st.end) for st in schedule.stages]
+        schedule = MixtureSchedule(
+            stages, name=f"{schedule.name} (fitted to {cfg.steps * tokens_per_step:,} tokens)"
+        )
     dataset = MixtureDataset(
-        manifest, MixtureSchedule.load(cfg.schedule), cfg.seq_len, cfg.seed, rank, world_size,
-        batch_size=cfg.micro_batch,
-    )  # fmt: skip
+        manifest, schedule, cfg.seq_len, cfg.seed, rank, world_size, batch_size=cfg.micro_batch
+    )
     loader = MixtureDataLoader(dataset, num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
     counters = DomainCounters()
-    tokens_per_step = cfg.tokens_per_step_per_rank * world_size
     averager = CheckpointAverager(cfg.sma_window, cfg.sma_every * tokens_per_step) if cfg.sma_every else None
 
     start_step = 0

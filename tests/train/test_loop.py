@@ -111,3 +111,18 @@ def test_resume_refuses_without_checkpoint_or_with_another_model(tmp_path, synth
     other = config(steps=4, warmup_steps=1).replace(model=ModelConfig(1, 32, 4, 8, 96))
     with pytest.raises(ValueError, match="another model"):
         train(other, tmp_path, synthetic_manifest, resume=True)
+
+
+def test_fit_schedule_moves_the_whole_mixture_within_a_short_run(tmp_path, synthetic_manifest):
+    schedule = tmp_path / "web-to-code.toml"
+    schedule.write_text("[[stage]]\ntokens = 1e12\n[stage.start]\nweb = 1.0\n[stage.end]\ncode = 1.0\n")
+    cfg = config(steps=6, warmup_steps=1, decay_fraction=0.0, micro_batch=8, schedule=str(schedule))
+    as_written = train(cfg, tmp_path / "plain", synthetic_manifest)["domain_tokens"]
+    assert set(as_written) == {"web"}  # 1,536 tokens of a 1e12-token schedule: still all web
+    fitted = train(cfg.replace(fit_schedule=True), tmp_path / "fitted", synthetic_manifest)["domain_tokens"]
+    # Scaled to the run, the weights go linearly from web to code: half of each, web first, code last.
+    assert set(fitted) == {"web", "code"} and abs(fitted["web"] - fitted["code"]) <= 0.2 * sum(
+        fitted.values()
+    )
+    steps = [set(r["domain_loss"]) for r in metrics(tmp_path / "fitted")]
+    assert "web" in steps[0] and "code" in steps[-1]

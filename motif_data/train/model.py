@@ -35,7 +35,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        # Weight in x's dtype: mixed dtypes fall off PyTorch's fused kernel onto a slow composite.
+        return F.rms_norm(x, (x.shape[-1],), self.weight.to(x.dtype), self.eps)
 
 
 class Rotary(nn.Module):
@@ -63,9 +64,10 @@ class Rotary(nn.Module):
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate the two halves of the last dim of ``x`` (B, heads, S, D) by the position's angles."""
-    x1, x2 = x.float().chunk(2, dim=-1)
-    out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-    return out.to(x.dtype)
+    # In x's dtype (bf16 under autocast), as most implementations do: half the bytes of an fp32 round trip.
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
 class Attention(nn.Module):
@@ -93,7 +95,10 @@ class Attention(nn.Module):
         # to choose, so that one run can time the Triton kernel against the two-SDPA reference.
         attend = reference_diff_attention if self.reference else diff_attention
         out = attend(q, k, v, self.diff.lambda_full())
-        out = self.diff.subln(out) * (1.0 - self.diff.lambda_init)
+        norm = self.diff.subln
+        out = F.rms_norm(out, (out.shape[-1],), norm.weight.to(out.dtype), norm.eps) * (
+            1.0 - self.diff.lambda_init
+        )
         return self.o_proj(out.transpose(1, 2).reshape(B, S, -1))
 
 
@@ -172,6 +177,10 @@ class Motif(nn.Module):
         hidden = self.norm(x)
         if targets is None:
             return hidden
+        device_type = hidden.device.type
+        if torch.is_autocast_enabled(device_type):
+            # The residual stream stays fp32; the head's product runs in the autocast dtype like every Linear.
+            hidden = hidden.to(torch.get_autocast_dtype(device_type))
         losses = self.linear_cross_entropy(
             hidden.flatten(0, 1), self.embed.weight.to(hidden.dtype), targets.flatten(), reduction="none"
         )

@@ -131,8 +131,8 @@ class QuotaSampler:
         margin = _D / 2 + 2
         lo, hi = starts - margin, starts + length + margin
         while True:
-            k_lo = np.where(lo[:, None] > 0, self._drawn_by(np.maximum(lo, 0)), 0)
-            k_hi = self._drawn_by(hi)
+            both = self._drawn_by(np.concatenate([np.maximum(lo, 0), hi]))  # one evaluation for both ends
+            k_lo, k_hi = np.where(lo[:, None] > 0, both[: len(lo)], 0), both[len(lo) :]
             if (k_lo.sum(axis=1) <= starts).all() and (k_hi.sum(axis=1) >= starts + length).all():
                 return k_lo, k_hi
             lo, hi = lo - margin, hi + margin

@@ -75,7 +75,8 @@ def base_spec(path: str | os.PathLike | None = None) -> dict:
         }
     data = _read_checked(Path(path))
     ranks = {
-        base64.b64decode(token): int(rank) for token, rank in (line.split() for line in data.splitlines() if line)
+        base64.b64decode(token): int(rank)
+        for token, rank in (line.split() for line in data.splitlines() if line)
     }
     # tiktoken defines o200k's split pattern and specials inside the function that downloads the ranks;
     # hand it our ranks instead so the pattern stays tiktoken's own, never a copy that could drift.

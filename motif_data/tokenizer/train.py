@@ -16,7 +16,7 @@ import heapq
 import itertools
 import multiprocessing as mp
 import unicodedata
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -265,48 +265,45 @@ def learn(
         if key in slot:
             j = slot.pop(key)
             owners.update(first_owners[starts[j] : starts[j + 1]].tolist())
-        delta: dict[int, int] = {}
-        fresh: dict[int, list[int]] = {}
-        get = delta.get
+        # Counts change in place (a pair may pass through 0 and stay in the dict; the heap ignores it).
+        fresh: defaultdict[int, list[int]] = defaultdict(list)
+        count, get = pair_count, pair_count.get
         for i in owners:
             seg = segments[i]
-            try:
-                j = seg.index(a)
-            except ValueError:
-                continue  # owner lists are never pruned: this piece lost the pair to an earlier merge
-            # Replace (a, b) left to right as tiktoken does, updating only the pairs around each merge.
-            # The left neighbour is read from the output, so back-to-back merges (a b a b) cancel correctly.
-            n, w, out, changed = len(seg), weights[i], seg[:j], False
-            while j < n:
-                x = seg[j]
-                if x == a and j + 1 < n and seg[j + 1] == b:
-                    if out:
-                        p = out[-1] << _SHIFT
-                        delta[p | a] = get(p | a, 0) - w
-                        delta[p | new] = get(p | new, 0) + w
-                        fresh.setdefault(p | new, []).append(i)
-                    if j + 2 < n:
-                        q = seg[j + 2]
-                        delta[(b << _SHIFT) | q] = get((b << _SHIFT) | q, 0) - w
-                        delta[(new << _SHIFT) | q] = get((new << _SHIFT) | q, 0) + w
-                        fresh.setdefault((new << _SHIFT) | q, []).append(i)
-                    out.append(new)
+            # Occurrences of (a, b), left to right without overlap, as tiktoken merges them.
+            n, j, found = len(seg), 0, []
+            while True:
+                try:
+                    j = seg.index(a, j)
+                except ValueError:
+                    break
+                if j + 1 < n and seg[j + 1] == b:
+                    found.append(j)
                     j += 2
-                    changed = True
                 else:
-                    out.append(x)
                     j += 1
-            if changed:
-                segments[i] = out
-        del pair_count[key]  # every occurrence is gone; deltas that name the pair itself are moot
-        delta.pop(key, None)
-        for k, d in delta.items():
-            if d:
-                n = pair_count.get(k, 0) + d
-                if n:
-                    pair_count[k] = n
-                else:
-                    del pair_count[k]
+            if not found:
+                continue  # owner lists are never pruned: this piece lost the pair to an earlier merge
+            # Update only the pairs around each merge. The left neighbour is read from the output, so
+            # back-to-back merges (a b a b) cancel correctly.
+            w, out, done = weights[i], [], 0
+            for j in found:
+                out += seg[done:j]
+                if out:
+                    p = out[-1] << _SHIFT
+                    count[p | a] = get(p | a, 0) - w
+                    count[p | new] = get(p | new, 0) + w
+                    fresh[p | new].append(i)
+                if j + 2 < n:
+                    q = seg[j + 2]
+                    count[(b << _SHIFT) | q] = get((b << _SHIFT) | q, 0) - w
+                    count[(new << _SHIFT) | q] = get((new << _SHIFT) | q, 0) + w
+                    fresh[(new << _SHIFT) | q].append(i)
+                out.append(new)
+                done = j + 2
+            out += seg[done:]
+            segments[i] = out
+        del pair_count[key]  # every occurrence is gone, whatever the updates above said about it
         for k, owner_list in fresh.items():
             later_owners[k] = owner_list
             n = pair_count.get(k, 0)

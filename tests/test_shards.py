@@ -64,8 +64,13 @@ def test_manifest_round_trip_and_unknown_domain(tmp_path):
     with ShardWriter(tmp_path / "web", "web") as w:
         w.write(np.arange(7, dtype=np.uint32))
     shards = tuple(
-        type(s)(path=f"web/{s.path}", documents=s.documents, tokens=s.tokens, sha256=s.sha256,
-                index_sha256=s.index_sha256)
+        type(s)(
+            path=f"web/{s.path}",
+            documents=s.documents,
+            tokens=s.tokens,
+            sha256=s.sha256,
+            index_sha256=s.index_sha256,
+        )
         for s in w.shards
     )
     m = Manifest(TokenizerInfo("o200k_base", "ab" * 32, 200_019, 199_999), {"web": DomainInfo(1, 7, shards)})

@@ -10,7 +10,7 @@ import triton
 import triton.language as tl
 from torch import nn
 
-from motif_data.kernels._device import interpreting, launch, use_triton
+from motif_data.kernels._device import launch, use_triton
 
 __all__ = [
     "poly_norm",
@@ -25,9 +25,8 @@ __all__ = [
 # take the reference path.
 MAX_TRITON_WIDTH = 65536
 # num_warps ≤ 16 keeps every config valid on AMD (64-wide wavefronts, 1,024 threads a block) and NVIDIA.
-_WARP_CONFIGS = [triton.Config({}, num_warps=w) for w in (4, 8, 16)]
-# The forward may also take two rows a program (more bytes in flight per reduction).
-_FWD_CONFIGS = [
+# One or two rows a program (two put more bytes in flight per reduction).
+_ROW_CONFIGS = [
     triton.Config({"BLOCK_M": m}, num_warps=w) for m, w in ((1, 4), (1, 8), (1, 16), (2, 8), (2, 16))
 ]
 
@@ -75,7 +74,7 @@ def _add4(a1, a2, a3, a4, b1, b2, b3, b4):
     return a1 + b1, a2 + b2, a3 + b3, a4 + b4
 
 
-@triton.autotune(configs=_FWD_CONFIGS, key=["N", "BLOCK_N", "HAS_GATE"])
+@triton.autotune(configs=_ROW_CONFIGS, key=["N", "BLOCK_N", "HAS_GATE"])
 @triton.jit
 def _poly_norm_fwd_kernel(
     X, G, W, B, OUT, RSTD,
@@ -111,69 +110,54 @@ def _poly_norm_fwd_kernel(
     tl.store(RSTD + rows * 3 + 2, r3, mask=row_ok)
 
 
-@triton.autotune(configs=_WARP_CONFIGS, key=["N", "BLOCK_N", "HAS_GATE"])
+@triton.autotune(configs=_ROW_CONFIGS, key=["N", "BLOCK_N", "HAS_GATE"])
 @triton.jit
 def _poly_norm_bwd_kernel(
     X, G, DOUT, W, B, RSTD, DX, DG, PART,
     stride_x, stride_g, stride_do, stride_dx, stride_dg,
     M, N,
-    BLOCK_N: tl.constexpr, HAS_GATE: tl.constexpr,
+    BLOCK_N: tl.constexpr, HAS_GATE: tl.constexpr, BLOCK_M: tl.constexpr,
 ):  # fmt: skip
-    # A persistent grid: each program walks rows pid, pid + nprog, … and keeps its share of the weight and
-    # bias gradients in four scalars, so dw/db cost one tiny (nprog, 4) reduction instead of atomics.
-    pid = tl.program_id(0)
-    nprog = tl.num_programs(0)
+    # Each row also writes its four terms of the weight and bias gradients to PART[row], so dw/db cost one
+    # small (M, 4) sum afterwards instead of atomics, and every row is written once whatever BLOCK_M is.
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_N)
-    mask = cols < N
+    row_ok = rows < M
+    mask = row_ok[:, None] & (cols[None, :] < N)
+    x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    dy = tl.load(DOUT + rows[:, None] * stride_do + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    if HAS_GATE:
+        g = tl.load(G + rows[:, None] * stride_g + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    r1 = tl.load(RSTD + rows * 3, mask=row_ok, other=0.0)
+    r2 = tl.load(RSTD + rows * 3 + 1, mask=row_ok, other=0.0)
+    r3 = tl.load(RSTD + rows * 3 + 2, mask=row_ok, other=0.0)
     w0 = tl.load(W).to(tl.float32)
     w1 = tl.load(W + 1).to(tl.float32)
     w2 = tl.load(W + 2).to(tl.float32)
-    acc_s1 = 0.0
-    acc_s2 = 0.0
-    acc_s3 = 0.0
-    acc_b = 0.0
-    for r in range(pid, M, nprog):
-        row = tl.cast(r, tl.int64)
-        x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
-        dy = tl.load(DOUT + row * stride_do + cols, mask=mask, other=0.0).to(tl.float32)
-        r1 = tl.load(RSTD + row * 3)
-        r2 = tl.load(RSTD + row * 3 + 1)
-        r3 = tl.load(RSTD + row * 3 + 2)
-        x2 = x * x
-        x3 = x2 * x
-        if HAS_GATE:
-            b = tl.load(B).to(tl.float32)
-            g = tl.load(G + row * stride_g + cols, mask=mask, other=0.0).to(tl.float32)
-            p = (w0 * r3) * x3 + (w1 * r2) * x2 + (w2 * r1) * x + b
-            tl.store(DG + row * stride_dg + cols, (dy * p).to(DG.dtype.element_ty), mask=mask)
-            dy = dy * g
-        s1, s2, s3, sb = tl.reduce((dy * x, dy * x2, dy * x3, dy), 0, _add4)
-        acc_s1 += s1 * r1
-        acc_s2 += s2 * r2
-        acc_s3 += s3 * r3
-        acc_b += sb
-        # d/du Σ g·u·r = r·g − r³·u·mean(g·u) for each of u = x, x², x³, chained through du/dx = 1, 2x, 3x².
-        c1 = w2 * r1 * r1 * r1 * s1 / N
-        c2 = 2.0 * w1 * r2 * r2 * r2 * s2 / N
-        c3 = 3.0 * w0 * r3 * r3 * r3 * s3 / N
-        dx = dy * (w2 * r1 + (2.0 * w1 * r2) * x + (3.0 * w0 * r3) * x2) - x * (c1 + x2 * (c2 + c3 * x2))
-        tl.store(DX + row * stride_dx + cols, dx.to(DX.dtype.element_ty), mask=mask)
-    tl.store(PART + pid * 4, acc_s3)
-    tl.store(PART + pid * 4 + 1, acc_s2)
-    tl.store(PART + pid * 4 + 2, acc_s1)
-    tl.store(PART + pid * 4 + 3, acc_b)
+    x2 = x * x
+    x3 = x2 * x
+    if HAS_GATE:
+        b = tl.load(B).to(tl.float32)
+        p = (w0 * r3)[:, None] * x3 + (w1 * r2)[:, None] * x2 + (w2 * r1)[:, None] * x + b
+        tl.store(DG + rows[:, None] * stride_dg + cols[None, :], (dy * p).to(DG.dtype.element_ty), mask=mask)
+        dy = dy * g
+    s1, s2, s3, sb = tl.reduce((dy * x, dy * x2, dy * x3, dy), 1, _add4)
+    # d/du Σ g·u·r = r·g − r³·u·mean(g·u) for each of u = x, x², x³, chained through du/dx = 1, 2x, 3x².
+    c1 = (w2 * r1 * r1 * r1 * s1 / N)[:, None]
+    c2 = (2.0 * w1 * r2 * r2 * r2 * s2 / N)[:, None]
+    c3 = (3.0 * w0 * r3 * r3 * r3 * s3 / N)[:, None]
+    scale = (w2 * r1)[:, None] + (2.0 * w1 * r2)[:, None] * x + (3.0 * w0 * r3)[:, None] * x2
+    dx = dy * scale - x * (c1 + x2 * (c2 + c3 * x2))
+    tl.store(DX + rows[:, None] * stride_dx + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
+    tl.store(PART + rows * 4, s3 * r3, mask=row_ok)
+    tl.store(PART + rows * 4 + 1, s2 * r2, mask=row_ok)
+    tl.store(PART + rows * 4 + 2, s1 * r1, mask=row_ok)
+    tl.store(PART + rows * 4 + 3, sb, mask=row_ok)
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
     t = t.reshape(-1, t.shape[-1])
     return t if t.stride(-1) == 1 else t.contiguous()
-
-
-def _backward_programs(x: torch.Tensor, rows: int) -> int:
-    if interpreting():
-        return min(rows, 3)  # few programs so the interpreter still walks the multi-row loop
-    sms = torch.cuda.get_device_properties(x.device).multi_processor_count
-    return max(1, min(rows, sms * 8))
 
 
 class _PolyNormFn(torch.autograd.Function):
@@ -206,10 +190,9 @@ class _PolyNormFn(torch.autograd.Function):
         g2d = _rows(gate) if ctx.has_gate else x2d
         dx = torch.empty_like(x2d)
         dg = torch.empty_like(g2d) if ctx.has_gate else dx
-        nprog = _backward_programs(x2d, m)
-        part = torch.empty((nprog, 4), dtype=torch.float32, device=x2d.device)
+        part = torch.empty((m, 4), dtype=torch.float32, device=x2d.device)
         launch(
-            _poly_norm_bwd_kernel, (nprog,),
+            _poly_norm_bwd_kernel, lambda meta: (triton.cdiv(m, meta["BLOCK_M"]),),
             x2d, g2d, do2d, weight, bias, rstd, dx, dg, part,
             x2d.stride(0), g2d.stride(0), do2d.stride(0), dx.stride(0), dg.stride(0),
             m, n,

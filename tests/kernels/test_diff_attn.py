@@ -118,15 +118,7 @@ def test_gpu_motif_head_shape_matches_reference(dtype, causal, rel_err):
     assert rel_err(out, ref) < TOL[dtype]
     for name, g_got, g_want in zip(("q", "k", "v"), got, want, strict=False):
         assert rel_err(g_got, g_want) < TOL[dtype], f"grad of {name}"
-    # dλ = −Σ dO ⊙ O2 sums ~10⁵ terms that largely cancel, so in bf16 it is held to the two-SDPA reference's
-    # own bf16 error rather than to a fixed relative tolerance.
-    same_dtype_in = [t.detach().clone().requires_grad_() for t in (q, k, v, lam)]
-    same_dtype = reference_diff_attention(*same_dtype_in, causal=causal)
-    ref_dlam = torch.autograd.grad(same_dtype, same_dtype_in, dout)[3]
-    err, ref_err = abs(got[3].double() - want[3]).item(), abs(ref_dlam.double() - want[3]).item()
-    assert err < max(TOL[dtype] * abs(want[3].item()), 3 * ref_err), (
-        f"grad of lambda: {err} vs reference's {ref_err}"
-    )
+    _assert_dlambda_close(got[3], want[3], (q, k, v, lam), dout, causal, TOL[dtype])
 
 
 @pytest.mark.gpu
@@ -141,5 +133,16 @@ def test_gpu_every_autotune_config_is_correct(config, rel_err):
     ref = reference_diff_attention(*ref_in)
     want = torch.autograd.grad(ref, ref_in, dout.double())
     assert rel_err(out, ref) < 2e-2
-    for name, g_got, g_want in zip(("q", "k", "v", "lambda"), got, want, strict=True):
+    for name, g_got, g_want in zip(("q", "k", "v"), got, want, strict=False):
         assert rel_err(g_got, g_want) < 2e-2, f"grad of {name}"
+    _assert_dlambda_close(got[3], want[3], (q, k, v, lam), dout, True, 2e-2)
+
+
+def _assert_dlambda_close(got, want, inputs, dout, causal, tol):
+    # dλ = −Σ dO ⊙ O2 sums ~10⁵ terms that largely cancel, so in bf16 it is held to the two-SDPA reference's
+    # own error in the same dtype (3x margin) rather than to a fixed relative tolerance alone.
+    same_dtype_in = [t.detach().clone().requires_grad_() for t in inputs]
+    same_dtype = reference_diff_attention(*same_dtype_in, causal=causal)
+    ref_dlam = torch.autograd.grad(same_dtype, same_dtype_in, dout)[3]
+    err, ref_err = abs(got.double() - want).item(), abs(ref_dlam.double() - want).item()
+    assert err < max(tol * abs(want.item()), 3 * ref_err), f"grad of lambda: {err} vs reference's {ref_err}"

@@ -51,7 +51,7 @@ def test_triton_matches_reference_output_and_all_gradients(shape, dtype, gate, d
 
 
 def test_two_rows_per_program_with_an_odd_row_count(device, rel_err):
-    with pinned_config(3):  # BLOCK_M = 2 in the forward
+    with pinned_config(3):  # BLOCK_M = 2
         _check_against_reference((7, 37), torch.float32, device, True, rel_err)
 
 
@@ -106,7 +106,7 @@ def test_modules_initialise_and_compose():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("config", range(len(polynorm._FWD_CONFIGS)))
+@pytest.mark.parametrize("config", range(len(polynorm._ROW_CONFIGS)))
 @pytest.mark.parametrize("gate", [False, True], ids=["poly_norm", "poly_norm_mul"])
 @pytest.mark.parametrize("shape", [(512, 8192), (301, 5000), (64, 2048)])
 def test_gpu_public_api_matches_reference(shape, gate, config, rel_err):

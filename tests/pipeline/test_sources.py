@@ -56,3 +56,63 @@ def test_hf_text_and_url_sources_build_with_every_record_accounted(
     assert set(decoded("korean")) <= set(parquet_texts)
     assert len(decoded("korean")) == stats["hf-parquet"]["korean"]["kept"] > 0
     assert set(decoded("specialized")) <= set(kowiki_texts)
+
+
+def test_quality_filters_drop_with_reasons_and_language_id_without_model_is_skipped(
+    sample_slices, o200k_path, o200k, tmp_path
+):
+    from datatrove.data import Document
+    from datatrove.pipeline.filters import (
+        C4QualityFilter,
+        FineWebQualityFilter,
+        GopherQualityFilter,
+        GopherRepetitionFilter,
+    )
+
+    from motif_data.pipeline.words import ScriptWordTokenizer
+
+    _, dclm, texts = sample_slices["dclm_samples"]
+    filters = {
+        "quality": ["gopher", "c4", "fineweb"],
+        "language_id": {"languages": ["en"], "model": "/nonexistent"},
+    }
+    cfg = {
+        "output": str(tmp_path / "out"),
+        "tokenizer": {"path": str(o200k_path)},
+        "dedup": {"exact": False, "near": False},
+        "sources": [
+            {"name": "dclm", "format": "dclm", "paths": [str(dclm)], "domain": "web", "filters": filters}
+        ],
+    }
+    manifest = build(parse_config(cfg))
+    stats = json.loads((tmp_path / "out/stats.json").read_text())
+    assert any("language id skipped" in n for n in stats["notes"])
+    row = stats["sources"]["dclm"]["web"]
+    prefixes = {reason.split(":")[0] for reason in row["filtered"]}
+    assert prefixes & {"gopher_repetition", "gopher_quality", "c4", "fineweb"}, row["filtered"]
+    assert row["read"] == len(texts)
+    # reference: datatrove's filters applied directly, in order, to the original texts (C4 may rewrite a text)
+    words = ScriptWordTokenizer()
+    direct = [
+        GopherRepetitionFilter(language=words),
+        GopherQualityFilter(language=words),
+        C4QualityFilter(language=words, filter_no_terminal_punct=False),
+        FineWebQualityFilter(language=words),
+    ]
+    expected = []
+    for t in texts:
+        doc = Document(text=t, id="x", metadata={})
+        if not t.strip() or not all(_passes(f, doc) for f in direct):
+            continue
+        if len(o200k.encode_ordinary(doc.text)) >= 24:
+            expected.append(doc.text)
+    kept = []
+    for shard in manifest.domains["web"].shards:
+        r = manifest.open_shard(shard)
+        kept += [o200k.decode(r.document(i)[:-1].tolist()) for i in range(r.num_documents)]
+    assert sorted(kept) == sorted(expected) and len(kept) == row["kept"] > 0
+
+
+def _passes(f, doc) -> bool:
+    result = f.filter(doc)
+    return result if isinstance(result, bool) else result[0]

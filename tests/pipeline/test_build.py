@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+import pytest
 import yaml
 from pipeline_helpers import slice_config, snapshot
 
 from motif_data import DOMAINS, cli
+from motif_data.pipeline import build, parse_config
 from motif_data.shards import Manifest
 
 
@@ -93,3 +95,18 @@ def test_cli_build_with_out_is_byte_identical_and_never_overwrites_without_force
     assert cli.main(["build", str(config_path), "--out", str(again)]) == 2
     assert "--force" in capsys.readouterr().err
     assert snapshot(again) == first
+
+
+def test_foreign_or_other_config_directories_are_refused_before_any_work(sample_slices, o200k_path, tmp_path):
+    config = parse_config(slice_config(sample_slices, tmp_path / "unused", o200k_path))
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("not a build")
+    with pytest.raises(FileExistsError, match="holds no build"):
+        build(config, out=foreign)
+    other = tmp_path / "other"
+    (other / ".build").mkdir(parents=True)
+    (other / ".build/plan.json").write_text(json.dumps({"fingerprint": "another config"}))
+    with pytest.raises(FileExistsError, match="different config: pass --force"):
+        build(config, out=other)
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]

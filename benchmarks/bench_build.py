@@ -128,6 +128,8 @@ def _measure(kind: str, path: Path, work: Path) -> dict:
         capture_output=True,
         text=True,
         check=False,
+        # single-core figures: HF tokenizers would otherwise spread a batch over every core
+        env=os.environ | {"TOKENIZERS_PARALLELISM": "false", "RAYON_NUM_THREADS": "1"},
     )
     if out.returncode != 0:
         raise RuntimeError(f"{kind} failed:\n{out.stderr[-3000:]}")

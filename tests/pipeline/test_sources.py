@@ -9,9 +9,12 @@ import pyarrow.parquet as pq
 from motif_data.pipeline import build, parse_config
 
 
-def test_hf_text_and_url_sources_build_with_every_record_accounted(
-    sample_slices, o200k_path, o200k, tmp_path
-):
+def test_hf_text_and_url_sources_build_with_every_record_accounted(sample_slices, o200k, tmp_path):
+    from motif_data.tokenizer import fingerprint, save
+
+    tokenizer_dir = save(
+        o200k, tmp_path / "tokenizer"
+    )  # a tokenizer directory, as `motif-data tokenizer` writes
     _, parquet, parquet_texts = sample_slices["fineweb2"]
     _, kowiki, kowiki_texts = sample_slices["kowiki_train"]
     text_dir = tmp_path / "texts"
@@ -21,7 +24,7 @@ def test_hf_text_and_url_sources_build_with_every_record_accounted(
     (text_dir / "5.txt").write_text("", encoding="utf-8")
     cfg = {
         "output": str(tmp_path / "out"),
-        "tokenizer": {"path": str(o200k_path)},
+        "tokenizer": {"path": str(tokenizer_dir)},
         "executor": {"kind": "local", "tasks": 2, "workers": 1},
         "dedup": {"near": False},
         "sources": [
@@ -39,6 +42,7 @@ def test_hf_text_and_url_sources_build_with_every_record_accounted(
         ],
     }
     manifest = build(parse_config(cfg))
+    assert manifest.tokenizer.sha256 == fingerprint(o200k)
     stats = json.loads((tmp_path / "out/stats.json").read_text())["sources"]
     assert stats["hf-parquet"]["korean"]["read"] == pq.read_metadata(parquet).num_rows == len(parquet_texts)
     assert set(stats["hf-parquet"]) == {"korean"}  # every FineWeb-2 row says language=kor

@@ -43,6 +43,7 @@ def _kill_when(cfg_path: Path, trigger: Path, timeout: float = 60.0) -> None:
         ".build/logs/1-ingest/completions/00000",  # during ingest, one task done
         ".build/logs/4-minhash-buckets/completions/00003",  # in the middle of the LSH buckets
         ".build/results/00000.json",  # shards of task 0 written, task not yet marked complete
+        "stats.json",  # every stage done, the manifest not yet written
     ],
 )
 def test_build_killed_and_restarted_is_byte_identical(

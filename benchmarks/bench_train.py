@@ -38,10 +38,14 @@ def main() -> int:
     )
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument(
+        "--profile", type=int, default=0, metavar="STEPS",
+        help="then profile STEPS steps of our kernels' variant and print where the GPU time goes",
+    )  # fmt: skip
     args = parser.parse_args()
 
     base = load_config(args.config).replace(
-        steps=args.steps, warmup_steps=min(3, args.steps), save_checkpoints=False
+        steps=args.steps, warmup_steps=max(1, args.steps // 10), save_checkpoints=False
     )
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu, load {os.getloadavg()}"
     print(f"device: {device}; torch {torch.__version__}; python {platform.python_version()}")
@@ -72,7 +76,55 @@ def main() -> int:
               f"{mem:>9s} {ratio:>9s}")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
+    if args.profile:
+        profile_steps(base.replace(steps=args.profile, warmup_steps=1), args.corpus)
     return 0
+
+
+# Kernel name fragments → what the time is spent on, first match wins.
+_CATEGORIES = (
+    ("differential attention (ours)", ("_diff_attn",)),
+    ("PolyNorm ⊙ up (ours)", ("_poly_norm",)),
+    ("linear cross-entropy", ("cce", "_ce_", "lse", "linear_cross", "cross_entropy")),
+    ("matrix products", ("gemm", "sm90", "cutlass", "cublas", "nvjet", "xmma")),
+    ("optimizer", ("adam", "multi_tensor", "foreach")),
+)
+
+
+def profile_steps(cfg, corpus: Path) -> None:
+    """Kernel time per step by category, against the wall step time (the difference is GPU idle time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with tempfile.TemporaryDirectory() as warm:  # autotuning and allocator warm-up outside the profile
+        train(cfg.replace(steps=2), warm, corpus)
+    on_gpu = torch.cuda.is_available()
+    activity, attr = (
+        (ProfilerActivity.CUDA, "self_device_time_total")
+        if on_gpu
+        else (ProfilerActivity.CPU, "self_cpu_time_total")
+    )
+    with tempfile.TemporaryDirectory() as out, profile(activities=[activity]) as prof:
+        summary = train(cfg, out, corpus)
+    per_category: dict[str, float] = {}
+    events = prof.key_averages()
+    for event in events:
+        us = getattr(event, attr)
+        if us <= 0:
+            continue
+        name = event.key.lower()
+        category = next(
+            (c for c, keys in _CATEGORIES if any(k in name for k in keys)), "other (elementwise, norms…)"
+        )
+        per_category[category] = per_category.get(category, 0.0) + us / 1e3 / cfg.steps
+    total = sum(per_category.values())
+    print(f"\nGPU time per step over {cfg.steps} profiled steps (kernels variant):")
+    for category, ms in sorted(per_category.items(), key=lambda kv: -kv[1]):
+        print(f"  {category:34s} {ms:8.1f} ms  {ms / total:6.1%}")
+    print(
+        f"  {'all kernels':34s} {total:8.1f} ms; median wall step {summary['median_step_time_s'] * 1e3:.1f} ms"
+    )
+    for event in sorted(events, key=lambda e: -getattr(e, attr))[:12]:
+        print(f"    {getattr(event, attr) / 1e3 / cfg.steps:8.2f} ms/step  {event.key[:90]}")
 
 
 if __name__ == "__main__":

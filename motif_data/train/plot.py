@@ -30,6 +30,7 @@ def plot_losses(metrics_path: str | os.PathLike, png_path: str | os.PathLike, ti
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     records = [
         json.loads(line) for line in Path(metrics_path).read_text(encoding="utf-8").split("\n") if line
@@ -48,6 +49,7 @@ def plot_losses(metrics_path: str | os.PathLike, png_path: str | os.PathLike, ti
     ax.plot(
         xs, _smooth([r["loss"] for r in records], window), color="black", linewidth=2.0, label="all domains"
     )
+    ax.xaxis.set_major_formatter(matplotlib.ticker.EngFormatter())  # 2M, 4M … rather than a 1e7 offset
     ax.set_xlabel("training tokens")
     ax.set_ylabel("cross-entropy loss (nats/token)")
     smoothing = f", moving average of {window} steps" if window > 1 else ""

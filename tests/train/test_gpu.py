@@ -21,21 +21,39 @@ pytestmark = [
 CFG = ModelConfig(n_layers=2, d_model=256, n_heads=4, head_dim=64, ffn_dim=1024, vocab_size=5000)
 
 
-def test_kernels_and_references_give_the_same_losses_and_gradients():
+def _losses_and_grads(model: Motif, ids: torch.Tensor, bf16: bool) -> tuple[torch.Tensor, dict]:
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+        losses = model(ids[:, :-1], ids[:, 1:])
+    losses.mean().backward()
+    return losses.detach().double(), {n: p.grad.double() for n, p in model.named_parameters()}
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm().clamp_min(1e-12))
+
+
+def test_kernels_in_bf16_are_as_close_to_fp32_as_the_references_in_bf16():
+    # Ground truth: the reference ops in fp32. Our kernels in bf16 must be about as close to it as the
+    # references in bf16 are (bf16 rounding of sums that cancel, e.g. the λ gradients, sets the floor).
     torch.manual_seed(0)
     ours = Motif(CFG).cuda()
     ref = Motif(CFG, reference_kernels=True).cuda()
     ref.load_state_dict(ours.state_dict())
     ids = torch.randint(0, CFG.vocab_size, (2, 300), device="cuda")  # 299 tokens: not a block multiple
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        a = ours(ids[:, :-1], ids[:, 1:])
-        b = ref(ids[:, :-1], ids[:, 1:])
-    a.mean().backward()
-    b.mean().backward()
-    torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
-    for (name, pa), pb in zip(ours.named_parameters(), ref.parameters(), strict=True):
-        err = (pa.grad.float() - pb.grad.float()).norm() / pb.grad.float().norm().clamp_min(1e-12)
-        assert err < 3e-2, (name, float(err))
+    truth_loss, truth_grads = _losses_and_grads(ref, ids, bf16=False)
+    ref.zero_grad()
+    ref_loss, ref_grads = _losses_and_grads(ref, ids, bf16=True)
+    our_loss, our_grads = _losses_and_grads(ours, ids, bf16=True)
+    problems = []
+    if _rel(our_loss, truth_loss) > max(1e-2, 2 * _rel(ref_loss, truth_loss)):
+        problems.append(
+            f"loss: ours {_rel(our_loss, truth_loss):.2e}, reference {_rel(ref_loss, truth_loss):.2e}"
+        )
+    for name, truth in truth_grads.items():
+        mine, theirs = _rel(our_grads[name], truth), _rel(ref_grads[name], truth)
+        if mine > max(2e-2, 2 * theirs):
+            problems.append(f"grad {name}: ours {mine:.2e}, reference {theirs:.2e}")
+    assert not problems, "\n".join(problems)
 
 
 def test_loop_trains_in_bf16_on_gpu(tmp_path, synthetic_manifest):

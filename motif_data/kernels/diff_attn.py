@@ -77,7 +77,6 @@ _BWD_Q_CONFIGS = _configs(
         (64, 32, {}, 4, 2),
         (128, 32, {}, 8, 3),
         (128, 64, {}, 8, 1),
-        (64, 64, {}, 4, 2),
     ]
 )
 N_CONFIGS = max(len(c) for c in (_FWD_CONFIGS, _BWD_KV_CONFIGS, _BWD_Q_CONFIGS))

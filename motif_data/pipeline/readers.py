@@ -136,8 +136,15 @@ def _parquet(path: str, text_field: str) -> Iterator[tuple[dict | None, str | No
             yield from ((row, None) for row in batch.to_pylist())
 
 
-def _text(path: str, text_field: str) -> Iterator[tuple[dict | None, str | None]]:
-    data = b"".join(_raw_chunks(path))
+def _text(path: str, text_field: str, max_bytes: int) -> Iterator[tuple[dict | None, str | None]]:
+    parts, size = [], 0
+    for chunk in _raw_chunks(path):
+        size += len(chunk)
+        if size > max_bytes:  # stop reading: a huge file must not be held in memory to be rejected
+            yield None, "too_large"
+            return
+        parts.append(chunk)
+    data = b"".join(parts)
     try:
         yield {text_field: data.decode("utf-8")}, None
     except UnicodeDecodeError:
@@ -148,6 +155,7 @@ def _hf(source: SourceConfig, rank: int, world_size: int) -> Iterator[tuple[dict
     from datasets import load_dataset
     from datasets.distributed import split_dataset_by_node
 
+    # a dataset that cannot be opened (wrong name, no access) fails the task: that is a config problem
     ds = load_dataset(
         source.dataset,
         source.subset,
@@ -156,8 +164,12 @@ def _hf(source: SourceConfig, rank: int, world_size: int) -> Iterator[tuple[dict
         revision=source.revision,
         streaming=True,
     )
-    for row in split_dataset_by_node(ds, rank=rank, world_size=world_size):
-        yield row, None
+    try:
+        for row in split_dataset_by_node(ds, rank=rank, world_size=world_size):
+            yield row, None
+    except (OSError, ValueError) as e:
+        # a shard that cannot be fetched or parsed mid-stream ends this task's part, counted like a bad file
+        yield None, f"unreadable_dataset:{type(e).__name__}"
 
 
 def read_records(source: SourceConfig, path: str) -> Iterator[tuple[dict | None, str | None]]:
@@ -172,7 +184,7 @@ def read_records(source: SourceConfig, path: str) -> Iterator[tuple[dict | None,
         elif source.format in ("fineweb2", "parquet"):
             it = _parquet(path, source.text_field)
         else:
-            it = _text(path, source.text_field)
+            it = _text(path, source.text_field, source.filters.max_bytes)
         for item in it:
             n += 1
             yield item

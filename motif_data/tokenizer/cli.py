@@ -58,6 +58,12 @@ def register(subparsers) -> None:
         default=True,
         help="learn only from pieces with Hangul, so text without Hangul keeps o200k's ids (default: on)",
     )
+    train.add_argument(
+        "--max-per-document",
+        type=int,
+        default=3,
+        help="count a piece at most this often per document, 0 = no limit (default 3)",
+    )
     train.add_argument("--workers", type=int, default=2, help="processes for counting (default 2)")
     train.add_argument("--force", action="store_true", help="replace --out if it exists")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -111,6 +117,7 @@ def _run_train(args) -> int:
         vocab_size=args.vocab_size,
         min_frequency=args.min_frequency,
         hangul_only=args.hangul_only,
+        max_per_document=args.max_per_document,
         workers=args.workers,
     )
     _refuse_existing(args.out, args.force)

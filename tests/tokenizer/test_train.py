@@ -57,9 +57,12 @@ def test_merges_equal_brute_force_continued_bpe(shared_data, o200k, o200k_path, 
     steps = 25
 
     pattern = regex.compile(o200k._pat_str)
-    pieces = Counter(
-        p for t in texts for p in pattern.findall(unicodedata.normalize("NFC", t)) if _has_hangul_by_name(p)
-    )
+    pieces = Counter()
+    for t in texts:  # the default counts a piece at most 3 times per document
+        in_doc = Counter(
+            p for p in pattern.findall(unicodedata.normalize("NFC", t)) if _has_hangul_by_name(p)
+        )
+        pieces.update({p: min(n, 3) for p, n in in_doc.items()})
     ranks = dict(o200k._mergeable_ranks)
     by_id = {r: t for t, r in ranks.items()}
     expected = []
@@ -157,3 +160,20 @@ def _spec(enc):
 
 def _base_ranks(enc):
     return {t: r for t, r in enc._mergeable_ranks.items() if r < FIRST_LEARNED}
+
+
+def test_max_per_document_caps_repeats_within_one_document(o200k_path, tmp_path):
+    corpus = tmp_path / "repeats.txt"
+    corpus.write_text("한국 한국 한국 한국 한국 대한민국\n한국 한국\n", encoding="utf-8")
+    vocab = FIRST_LEARNED + len(NAMED_SPECIALS) + 5
+    counted = {}
+    for cap in (3, 0):
+        result = train(
+            TrainConfig(
+                inputs=((str(corpus), 1),), base=str(o200k_path), vocab_size=vocab, max_per_document=cap
+            ),
+            progress=False,
+        )
+        counted[cap] = dict(zip(result.pieces, result.counts, strict=True))
+    assert counted[3] == {"한국": 2, " 한국": 4, " 대한민국": 1}
+    assert counted[0] == {"한국": 2, " 한국": 5, " 대한민국": 1}

@@ -31,9 +31,9 @@ class Tally(PipelineStep):
     type = "🔢 - COUNTER"
 
     def __init__(self, label: str):
-        super().__init__()
         self.label = label
-        self.name = f"tally {label}"
+        self.name = f"tally {label}"  # before the parent's __init__, which names the stats block after it
+        super().__init__()
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         for doc in data:

@@ -199,8 +199,11 @@ def read_records(source: SourceConfig, path: str) -> Iterator[tuple[dict | None,
         yield None, "empty_file"
 
 
-def _small(value: Any) -> bool:
-    return not isinstance(value, str | bytes | list | dict) or len(value) <= _MAX_META_VALUE
+def _keep(value: Any) -> bool:
+    """Metadata worth carrying: small JSON values (bytes, timestamps and the like stay behind)."""
+    if isinstance(value, str | list | dict):
+        return len(value) <= _MAX_META_VALUE
+    return isinstance(value, int | float | bool) or value is None
 
 
 def assign_files(sources: tuple[SourceConfig, ...], tasks: int) -> dict[str, list[tuple[str, int]]]:
@@ -245,7 +248,7 @@ class SourceReader(PipelineStep):
         inner = record.pop("metadata", None)
         if isinstance(inner, dict):
             record = inner | record
-        meta |= {k: v for k, v in record.items() if _small(v) and k not in (ERROR_KEY, SOURCE_KEY)}
+        meta |= {k: v for k, v in record.items() if _keep(v) and k not in (ERROR_KEY, SOURCE_KEY)}
         if not isinstance(text, str):
             meta[ERROR_KEY] = "missing_text"
             text = ""

@@ -295,7 +295,6 @@ def _source(data: Any, i: int, base: Path, problems: _Problems) -> SourceConfig 
     fmt = data.get("format")
     if fmt not in FORMATS:
         problems.add(f"{where}: unknown format {fmt!r}; formats are {list(FORMATS)}")
-        return None
     kwargs = {k: v for k, v in data.items() if k in _fields(SourceConfig)}
     kwargs["filters"] = _filters(data.get("filters", {}), f"{where}.filters", problems)
     routes = [_rule(r, f"{where}.route[{j}]", problems) for j, r in enumerate(data.get("route", []))]
@@ -317,7 +316,10 @@ def _source(data: Any, i: int, base: Path, problems: _Problems) -> SourceConfig 
         if not paths:
             problems.add(f"{where}: 'paths' is empty: name the files or globs to read")
         kwargs["paths"] = tuple(_resolve(p, base) for p in paths)
-    return SourceConfig(**kwargs)
+        for p in kwargs["paths"]:
+            if not is_url(p) and not _expand(p):
+                problems.add(f"{where}: no file matches {p}")
+    return SourceConfig(**kwargs) if fmt in FORMATS else None
 
 
 def parse_config(data: dict, base: str | os.PathLike = ".", path: str | None = None) -> BuildConfig:
@@ -359,10 +361,6 @@ def parse_config(data: dict, base: str | os.PathLike = ".", path: str | None = N
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         problems.add(f"sources: names must be unique, repeated: {dup}")
-    for s in sources:
-        for p in s.paths:
-            if not is_url(p) and not _expand(p):
-                problems.add(f"source {s.name!r}: no file matches {p}")
     tokenizer = data.get("tokenizer")
     if isinstance(tokenizer, dict):
         problems.unknown_keys("tokenizer", tokenizer, {"path"})

@@ -168,7 +168,8 @@ def train(
         )
 
     torch.manual_seed(cfg.seed)
-    raw_model = Motif(model_cfg, reference_kernels=cfg.kernels == "reference").to(device)
+    with torch.device(device):  # initialised where it trains: no CPU init of the embedding, no host copy
+        raw_model = Motif(model_cfg, reference_kernels=cfg.kernels == "reference")
     model: torch.nn.Module = torch.compile(raw_model) if cfg.compile else raw_model
     if world_size > 1:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

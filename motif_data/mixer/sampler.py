@@ -1,14 +1,25 @@
 """Which domain global sequence ``i`` comes from, and which of that domain's draws it is: pure functions.
 
-Each domain's k-th draw falls due at the (fractional) sequence position where the schedule's cumulative
-expected count of that domain reaches k + 1/2 (stride scheduling with strides that follow the schedule).
-Sequences are the draws of all domains in order of due position, ties broken by a seeded domain order.
-Counts therefore never drift from the schedule: after any n sequences every domain is within a few
-sequences of its exact integral, whatever n is, and computing the domains of ``[start, stop)`` costs
-O(stop - start) with no history, so resuming at i = 10^9 is as cheap as at 0.
+Sequences are cut into blocks of ``B`` consecutive sequences. Block ``b`` covers the training tokens
+``[b·B·seq_len, (b+1)·B·seq_len)``; its quota per domain is the schedule's expected number of sequences
+there (the exact integral of the weights, scaled to sum to B) rounded by largest remainder, remainders
+compared on a 2^-32 grid and ties broken by a seeded domain order. Inside the block the quotas are laid out
+by Pfair scheduling: a domain's j-th of q slots must take a position in ``[floor(T(j/q)), ceil(T((j+1)/q)))``,
+T(f) being where the domain's share of the block's schedule reaches f (``f·B`` for weights constant in the
+block), and earliest deadline first fills the positions in order (ties: the seeded order). With constant
+weights every slot meets its window, so every prefix of m sequences of a block holds each domain within one
+sequence of ``q·m/B``; windows following the schedule's shape keep prefixes exact where weights jump inside
+a block too.
+
+A block's quotas depend only on b, so the number of earlier draws of a domain (k) comes from prefix sums of
+quotas, kept in memoized chunk tables; past the schedule's end every block has the same quotas, so the prefix
+there is closed form. Nothing depends on history: resuming at i = 10^9 costs a few chunk tables at most.
 """
 
 from __future__ import annotations
+
+import math
+from collections import OrderedDict
 
 import numpy as np
 
@@ -19,87 +30,214 @@ from motif_data.mixer.schedule import MixtureSchedule
 __all__ = ["QuotaSampler"]
 
 _D = len(DOMAINS)
-_CHUNK = 1 << 22
-_SMALL = 4096  # up to this many sequences the broadcast path beats per-domain evaluation
+_CHUNK_BLOCKS = 4096  # blocks per memoized prefix table
+_TABLES = 16  # prefix tables kept
+_ORDERS_KEPT = 32  # block orders kept
+_RANGE_SLOTS = 1 << 22  # slots ordered per vectorized step (bounds memory)
+_T_BITS = 20  # slot windows computed on a grid of 2^-20 sequence: float noise never moves one
+_R_BITS = 32  # remainders compared on a grid of 2^-32: float noise never decides a rounding
 
 
 class QuotaSampler:
     """Deterministic domain per global sequence index for ``schedule`` at ``seq_len`` tokens per sequence.
 
-    A sequence consumes ``seq_len`` training tokens of the schedule. ``block`` is the unit of
-    :meth:`block_counts` (per-domain counts of consecutive blocks of sequences); the stream itself does not
-    depend on it, because quotas come from one cumulative rule and rounding never accumulates across blocks.
+    ``block`` (B) is the number of consecutive sequences whose per-domain counts are the largest-remainder
+    rounding of the schedule's expected counts. The default is 4096, not 1024: each block's rounding is off
+    by less than one sequence per domain and, with weights that change slowly, off in the same direction
+    block after block, so a window's share can be off by up to ~1/B plus the two partial blocks at its ends.
+    At B = 1024 that is ~0.1 %, the whole error budget of a 10,000-sequence window; at B = 4096 it is a
+    quarter of it (measured worst over every 10k window: see docs/mixer.md).
     """
 
-    def __init__(self, schedule: MixtureSchedule, seq_len: int, seed: int, block: int = 1024):
+    def __init__(self, schedule: MixtureSchedule, seq_len: int, seed: int, block: int = 4096):
         problems = []
         if not isinstance(seq_len, (int, np.integer)) or seq_len <= 0:
             problems.append(f"seq_len must be a positive integer, got {seq_len!r}")
         if not isinstance(seed, (int, np.integer)) or seed < 0:
             problems.append(f"seed must be a non-negative integer, got {seed!r}")
-        if not isinstance(block, (int, np.integer)) or block <= 0:
-            problems.append(f"block must be a positive integer, got {block!r}")
+        if not isinstance(block, (int, np.integer)) or not 0 < block <= 1 << 20:
+            problems.append(f"block must be an integer in 1 .. 2^20, got {block!r}")
         if problems:
             raise ValueError("invalid QuotaSampler: " + "; ".join(problems))
         self.schedule = schedule
         self.seq_len = int(seq_len)
         self.seed = int(seed)
         self.block = int(block)
-        # Seeded tie-break: when two domains fall due at the same position the one earlier here goes first.
+        # Seeded tie-break: among equal remainders, and slots due at the same position, earlier here wins.
         self.priority = np.array(sorted(range(_D), key=lambda d: hash64(self.seed, 0x7E1, d)), dtype=np.int64)
-        L = float(self.seq_len)
-        # Schedule in sequence units: stage bounds, cumulative counts at bounds, weights per stage and domain.
-        self._bounds = schedule.bounds / L
-        self._cum = schedule.cum / L
-        self._w0 = schedule.w0
-        self._w1 = schedule.w1
-        self._all = np.arange(_D)
+        self._rank = np.argsort(self.priority)
+        # Stages plus an endless one at the final weights (the schedule holds them after its end).
+        n = len(schedule.stages)
+        self._a = schedule.bounds.copy()
+        self._len = np.append(np.diff(schedule.bounds), np.inf)
+        self._w0 = np.vstack([schedule.w0, schedule.w1[n - 1]])
+        self._w1 = np.vstack([schedule.w1, schedule.w1[n - 1]])
+        self._cuts = schedule.bounds[1:]  # where weights may jump
+        # First block lying wholly after the schedule: from there on every block has the same quotas.
+        self._tail = math.ceil(schedule.total_tokens / (self.block * self.seq_len))
+        self._starts = [np.zeros(_D, dtype=np.int64)]  # prefix counts at the start of each chunk
+        self._tables: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._kept: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._tail_q = self._quotas(self._geometry(np.array([self._tail]))[-1])[0]
 
-    # -- pure functions of (schedule, seq_len, d, k) ---------------------------------------------------
+    # -- per block: the schedule inside it, and its quotas -------------------------------------------
 
-    def expected_counts(self, n: np.ndarray | float) -> np.ndarray:
-        """Exact expected number of sequences per domain among the first ``n`` (shape ``(*n.shape, 8)``)."""
-        return self.schedule.cumulative(np.asarray(n, dtype=np.float64) * self.seq_len) / self.seq_len
+    def _geometry(self, blocks: np.ndarray):
+        """Blocks cut at the schedule's stage bounds into pieces on which every weight is linear.
 
-    def due(self, d: int | np.ndarray, k: np.ndarray) -> np.ndarray:
-        """Position (in sequences) where domain ``d``'s k-th draw falls due; ``inf`` if never.
-
-        ``d`` and ``k`` broadcast, so one call serves one domain's many draws or one draw of each domain.
+        Returns, per block and piece (pieces padded to the most any block has): start offset and length in
+        sequences ``(U, P)``, weights at both ends and expected sequences ``(U, P, 8)``.
         """
-        y = np.asarray(k, dtype=np.float64) + 0.5
-        d = np.asarray(d)
-        n = len(self._bounds) - 1
-        # first stage whose cumulative count at its end reaches y
-        if d.ndim == 0:
-            s = np.searchsorted(self._cum[1:, int(d)], y, side="left")
+        span = self.block * self.seq_len
+        p0 = blocks.astype(np.float64) * span
+        p1 = p0 + span
+        inside = (self._cuts > p0[:, None]) & (self._cuts < p1[:, None])
+        extra = int(inside.sum(axis=1).max()) if len(blocks) else 0
+        if extra:
+            cuts = np.sort(np.where(inside, self._cuts, p1[:, None]), axis=1)[:, :extra]
+            edges = np.concatenate([p0[:, None], cuts, p1[:, None]], axis=1)
         else:
-            d, y = np.broadcast_arrays(d, y)
-            s = np.sum(self._cum[1:, d] < y, axis=0)
-        inside = s < n
-        sc = np.minimum(s, n - 1)
-        a, length = self._bounds[sc], self._bounds[sc + 1] - self._bounds[sc]
-        w0, w1 = self._w0[sc, d], self._w1[sc, d]
-        r = np.maximum(y - self._cum[sc, d], 0.0)
-        alpha = (w1 - w0) / (2 * length)
-        w_end = self._w1[n - 1, d]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            # Root of alpha x^2 + w0 x = r in the form that stays exact when alpha -> 0 or w0 -> 0.
-            x = 2 * r / (w0 + np.sqrt(np.maximum(w0 * w0 + 4 * alpha * r, 0.0)))
-            x = np.where(r > 0, np.minimum(x, length), 0.0)
-            beyond = np.where(w_end > 0, self._bounds[n] + (y - self._cum[n, d]) / w_end, np.inf)
-        return np.where(inside, a + x, beyond)
+            edges = np.stack([p0, p1], axis=1)
+        lo, hi = edges[:, :-1], edges[:, 1:]
+        s = np.clip(np.searchsorted(self._a, lo, side="right") - 1, 0, len(self._a) - 1)
+        slope = self._w1[s] - self._w0[s]
+        w_lo = self._w0[s] + slope * ((lo - self._a[s]) / self._len[s])[..., None]
+        w_hi = self._w0[s] + slope * ((hi - self._a[s]) / self._len[s])[..., None]
+        length = (hi - lo) / self.seq_len
+        expected = length[..., None] * (w_lo + w_hi) / 2
+        return (lo - p0[:, None]) / self.seq_len, length, w_lo, w_hi, expected
 
-    def _drawn_by(self, t: np.ndarray | float) -> np.ndarray:
-        """Per domain, how many draws fall due at or before position ``t`` (shape ``(*t.shape, 8)``)."""
-        t = np.asarray(t, dtype=np.float64)[..., None]
-        k = np.maximum(np.floor(self.expected_counts(t[..., 0]) + 0.5), 0).astype(np.int64)
-        # The closed form can be off by one where float rounding meets a boundary; the due positions are
-        # the definition, so settle it with them.
-        while (late := (k > 0) & (self.due(self._all, np.maximum(k - 1, 0)) > t)).any():
-            k -= late
-        while (early := self.due(self._all, k) <= t).any():
-            k += early
-        return k
+    def _quotas(self, expected: np.ndarray) -> np.ndarray:
+        """Largest-remainder rounding of each block's expected counts ``(U, P, 8)``, scaled to sum to B."""
+        total = expected.sum(axis=1)
+        e = total * (self.block / total.sum(axis=1, keepdims=True))
+        floor = np.floor(e)
+        short = self.block - floor.sum(axis=1).astype(np.int64)
+        key = np.rint((e - floor) * 2.0**_R_BITS).astype(np.int64) * _D + (_D - 1 - self._rank)
+        key[total == 0] = -1  # a domain the schedule does not ask for gets no remainder
+        order = np.argsort(-key, axis=1)
+        extra = np.zeros(e.shape, dtype=np.int64)
+        np.put_along_axis(extra, order, (np.arange(_D) < short[:, None]).astype(np.int64), axis=1)
+        return floor.astype(np.int64) + extra
+
+    def _block_quotas(self, b0: int, b1: int) -> np.ndarray:
+        return self._quotas(self._geometry(np.arange(b0, b1, dtype=np.int64))[-1])
+
+    # -- prefix sums of quotas -----------------------------------------------------------------------
+
+    def _table(self, c: int) -> np.ndarray:
+        """Counts before each block of chunk ``c`` (and after its last), shape ``(CHUNK + 1, 8)``."""
+        if c in self._tables:
+            self._tables.move_to_end(c)
+            return self._tables[c]
+        while len(self._starts) <= c:  # chunks in order: each starts where the previous ends
+            j = len(self._starts) - 1
+            q = self._block_quotas(j * _CHUNK_BLOCKS, (j + 1) * _CHUNK_BLOCKS)
+            self._starts.append(self._starts[j] + q.sum(axis=0))
+        q = self._block_quotas(c * _CHUNK_BLOCKS, (c + 1) * _CHUNK_BLOCKS)
+        table = self._starts[c] + np.vstack([np.zeros((1, _D), dtype=np.int64), np.cumsum(q, axis=0)])
+        self._tables[c] = table
+        if len(self._tables) > _TABLES:
+            self._tables.popitem(last=False)
+        return table
+
+    def _prefix(self, blocks: np.ndarray) -> np.ndarray:
+        """Per block, how many sequences each domain got in all blocks before it: ``(U, 8)``."""
+        blocks = np.asarray(blocks, dtype=np.int64)
+        out = np.empty((len(blocks), _D), dtype=np.int64)
+        late = blocks >= self._tail
+        if late.any():
+            base = self._prefix_early(np.array([self._tail]))[0]
+            out[late] = base + (blocks[late] - self._tail)[:, None] * self._tail_q
+        out[~late] = self._prefix_early(blocks[~late])
+        return out
+
+    def _prefix_early(self, blocks: np.ndarray) -> np.ndarray:
+        out = np.empty((len(blocks), _D), dtype=np.int64)
+        chunk = blocks // _CHUNK_BLOCKS
+        for c in np.unique(chunk).tolist():
+            sel = chunk == c
+            out[sel] = self._table(c)[blocks[sel] - c * _CHUNK_BLOCKS]
+        return out
+
+    # -- order inside blocks -------------------------------------------------------------------------
+
+    def _orders(self, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Domain and within-block draw number j of every position of the (sorted, distinct) blocks, flat:
+        ``(U * B,)`` each. The last few blocks ordered one at a time are kept (a scalar caller walks on)."""
+        if len(blocks) > _ORDERS_KEPT:
+            return self._schedule_blocks(blocks)
+        missing = [b for b in blocks.tolist() if b not in self._kept]
+        if missing:
+            dom, j = self._schedule_blocks(np.array(missing, dtype=np.int64))
+            for i, b in enumerate(missing):
+                self._kept[b] = (
+                    dom[i * self.block : (i + 1) * self.block],
+                    j[i * self.block : (i + 1) * self.block],
+                )
+        for b in blocks.tolist():
+            self._kept.move_to_end(b)
+        got = [self._kept[b] for b in blocks.tolist()]
+        while len(self._kept) > _ORDERS_KEPT:
+            self._kept.popitem(last=False)
+        return np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got])
+
+    def _schedule_blocks(self, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """What :meth:`_orders` returns, computed: slot windows (module docstring), then earliest deadline
+        first over the positions of all the blocks side by side."""
+        B = self.block
+        start, length, w_lo, w_hi, expected = self._geometry(blocks)
+        U, P = length.shape
+        prio = self.priority
+        q = self._quotas(expected)[:, prio].ravel()  # windows laid out block by block, domain by domain
+        running = np.concatenate([np.zeros((U, 1, _D)), np.cumsum(expected, axis=1)], axis=1)[:, :, prio]
+        n = q + 1  # q + 1 window bounds per (block, domain); the last entry doubles as "no slot left"
+        first = np.cumsum(n) - n
+        j = np.arange(U * (B + _D)) - np.repeat(first, n)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            y = j * np.repeat(running[:, -1].ravel() / q, n)  # bound j: the running integral reaches y
+            alpha = (w_hi - w_lo)[:, :, prio] / (2 * length[..., None])
+        if P == 1:  # the common case: per (block, domain) constants repeated over its bounds
+            r, t0 = y, 0.0
+            a = np.repeat(w_lo[:, 0, prio].ravel(), n)
+            c = np.repeat(4 * alpha[:, 0].ravel(), n)
+        else:  # some block holds a stage bound: find each bound's piece
+            u = np.repeat(np.arange(U), B + _D)
+            col = np.repeat(np.tile(np.arange(_D), U), n)
+            piece = np.zeros(U * (B + _D), dtype=np.int64)
+            for p in range(1, P):
+                piece += running[u, p, col] < y
+            r, t0 = y - running[u, piece, col], start[u, piece]
+            a, c = w_lo[:, :, prio][u, piece, col], 4 * alpha[u, piece, col]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            # Root of alpha x^2 + a x = r in the form that stays exact when alpha -> 0 or a -> 0.
+            x = np.where(r > 0, t0 + 2 * r / (a + np.sqrt(np.maximum(a * a + c * r, 0.0))), t0)
+        # On a 2^-20 grid first, so that float noise cannot move a bound across an integer.
+        t = np.rint(np.nan_to_num(x, nan=0.0) * 2.0**_T_BITS) / 2.0**_T_BITS
+        last = first + q
+        t[first], t[last] = 0.0, B  # exact ends, whatever piece rounding puts them in
+        release = np.floor(t).astype(np.int64)
+        deadline = np.ceil(np.append(t[1:], B)).astype(np.int64)
+        release[last], deadline[last] = 2 * B, 4 * B  # no slot left: never chosen while another is
+        # State per (domain column, block), domain-major so that the choice is one min over 8 rows: a key
+        # deadline * 8 + column (unique, ties go to the column earlier in the seeded order) and a release.
+        slot = first.reshape(U, _D).T.copy()  # flat index of each domain's next slot (a copy: it moves)
+        key = deadline * _D + np.tile(np.arange(_D), U).repeat(n)
+        cur_key, cur_rel = key[slot], release[slot]
+        late = 2 * B * _D  # added to the key of a slot not yet released
+        flat = np.arange(U)
+        slot_f, key_f, rel_f = slot.ravel(), cur_key.ravel(), cur_rel.ravel()  # views for scattering
+        dom = np.empty((B, U), dtype=np.int64)
+        at = np.empty((B, U), dtype=np.int64)
+        for m in range(B):
+            pick = np.min(cur_key + (cur_rel > m) * late, axis=0) % _D
+            dom[m] = pick
+            idx = pick * U + flat
+            at[m] = got = slot_f[idx]
+            slot_f[idx] = got + 1
+            key_f[idx], rel_f[idx] = key[got + 1], release[got + 1]
+        dom, at = dom.T.ravel(), at.T.ravel()
+        return prio[dom], at - first[np.arange(U).repeat(B) * _D + dom]
 
     # -- the stream ----------------------------------------------------------------------------------
 
@@ -108,54 +246,57 @@ class QuotaSampler:
         start, stop = int(start), int(stop)
         if start < 0 or stop < start:
             raise ValueError(f"need 0 <= start <= stop, got start={start}, stop={stop}")
-        if stop - start <= _SMALL:
-            d, k = self.draws_runs(np.array([start]), stop - start)
-            return d[0], k[0]
-        if stop - start > _CHUNK:
-            parts = [self.draws(a, min(a + _CHUNK, stop)) for a in range(start, stop, _CHUNK)]
-            return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-        k_lo, k_hi = self._bracket(np.array([start]), stop - start)
-        k_lo, k_hi = k_lo[0], k_hi[0]
-        ds = np.repeat(self.priority, k_hi[self.priority] - k_lo[self.priority])
-        ks = np.concatenate([np.arange(k_lo[d], k_hi[d], dtype=np.int64) for d in self.priority])
-        times = np.concatenate([self.due(d, np.arange(k_lo[d], k_hi[d])) for d in self.priority])
-        # Runs are concatenated in priority order and each is sorted already: a stable sort merges them
-        # cheaply and keeps the priority order among equal due positions.
-        base = int(k_lo.sum())
-        order = np.argsort(times, kind="stable")[start - base : stop - base]
-        return ds[order], ks[order]
-
-    def _bracket(self, starts: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
-        """Per run, draws due before the run and by its end, with a margin: ``(R, 8)`` each."""
-        # Sum over domains of floor(C_d(t) + 1/2) is within 8/2 of t, since the C_d sum to t.
-        margin = _D / 2 + 2
-        lo, hi = starts - margin, starts + length + margin
-        while True:
-            both = self._drawn_by(np.concatenate([np.maximum(lo, 0), hi]))  # one evaluation for both ends
-            k_lo, k_hi = np.where(lo[:, None] > 0, both[: len(lo)], 0), both[len(lo) :]
-            if (k_lo.sum(axis=1) <= starts).all() and (k_hi.sum(axis=1) >= starts + length).all():
-                return k_lo, k_hi
-            lo, hi = lo - margin, hi + margin
+        d, k = self.draws_runs(np.array([start]), stop - start)
+        return d[0], k[0]
 
     def draws_runs(self, starts: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`draws` of many runs ``[s, s + length)`` at once, shape ``(len(starts), length)`` each.
 
-        What a rank's loader asks for: its runs of a batch in successive global micro-batches.
+        What a rank's loader asks for: its runs of a batch in successive global micro-batches. Blocks that
+        several runs touch are ordered once.
         """
-        starts = np.asarray(starts, dtype=np.int64)
-        k_lo, k_hi = self._bracket(starts, length)
-        counts = (k_hi - k_lo)[:, self.priority]  # (R, 8), domains in priority order
-        per_run = counts.sum(axis=1)
-        flat = counts.ravel()
-        seg_start = np.cumsum(flat) - flat
-        ds = np.repeat(np.tile(self.priority, len(starts)), flat)
-        ks = np.repeat(k_lo[:, self.priority].ravel() - seg_start, flat) + np.arange(flat.sum())
-        run = np.repeat(np.arange(len(starts)), per_run)
-        # lexsort is stable: inside a run, equal due positions keep the priority order of the concatenation.
-        order = np.lexsort((self.due(ds, ks), run))
-        first = np.cumsum(per_run) - per_run + (starts - k_lo.sum(axis=1))
-        pick = order[first[:, None] + np.arange(length)]
-        return ds[pick], ks[pick]
+        starts = np.asarray(starts, dtype=np.int64).ravel()
+        length = int(length)
+        if (starts < 0).any() or length < 0:
+            raise ValueError(f"need starts >= 0 and length >= 0, got min start {starts.min()}, {length=}")
+        B = self.block
+        dom = np.empty((len(starts), length), dtype=np.int64)
+        k = np.empty((len(starts), length), dtype=np.int64)
+        if length == 0 or not len(starts):
+            return dom, k
+        first, last = starts // B, (starts + length - 1) // B
+        per_run = last - first + 1
+        step = max(1, _RANGE_SLOTS // B)
+        if per_run.max() > step:  # a long range: in slices of `step` blocks
+            for a in range(0, length, step * B):
+                n = min(step * B, length - a)
+                dom[:, a : a + n], k[:, a : a + n] = self.draws_runs(starts + a, n)
+            return dom, k
+        order = np.argsort(first, kind="stable")
+        lo = 0
+        while lo < len(order):  # groups of runs whose blocks fit in one vectorized step
+            hi, seen = lo, set()
+            while hi < len(order):
+                r = order[hi]
+                new = set(range(int(first[r]), int(last[r]) + 1)) - seen
+                if seen and len(seen) + len(new) > step:
+                    break
+                seen |= new
+                hi += 1
+            runs = order[lo:hi]
+            blocks = np.array(sorted(seen), dtype=np.int64)
+            d_blk, j_blk = self._orders(blocks)
+            row = np.repeat(np.arange(len(blocks)) * _D, B)
+            k_blk = j_blk + self._prefix(blocks).ravel()[row + d_blk]
+            if len(runs) == 1 and blocks[-1] - blocks[0] == len(blocks) - 1:  # one contiguous range
+                at = int(starts[runs[0]] - blocks[0] * B)
+                dom[runs[0]], k[runs[0]] = d_blk[at : at + length], k_blk[at : at + length]
+            else:
+                pos = starts[runs][:, None] + np.arange(length)
+                flat = np.searchsorted(blocks, pos // B) * B + pos % B
+                dom[runs], k[runs] = d_blk[flat], k_blk[flat]
+            lo = hi
+        return dom, k
 
     def domains(self, start: int, stop: int) -> np.ndarray:
         """Indices into ``DOMAINS`` of global sequences ``start .. stop - 1``."""
@@ -167,12 +308,49 @@ class QuotaSampler:
     def counts_before(self, n: int) -> np.ndarray:
         """How many of the first ``n`` sequences each domain got (equals bincount of ``domains(0, n)``)."""
         n = int(n)
-        t = n - _D / 2 - 2
-        k = self._drawn_by(t) if t > 0 else np.zeros(_D, dtype=np.int64)
-        base = int(k.sum())
-        return k + np.bincount(self.domains(base, n), minlength=_D)
+        if n < 0:
+            raise ValueError(f"need n >= 0, got {n}")
+        b, offset = divmod(n, self.block)
+        counts = self._prefix(np.array([b]))[0]
+        if offset:
+            counts = counts + np.bincount(self._orders(np.array([b]))[0][:offset], minlength=_D)
+        return counts
 
     def block_counts(self, b0: int, b1: int) -> np.ndarray:
-        """Per-domain counts of blocks ``b0 .. b1 - 1`` of ``block`` sequences, shape ``(b1 - b0, 8)``."""
-        d = self.domains(b0 * self.block, b1 * self.block).reshape(b1 - b0, self.block)
-        return (d[:, :, None] == np.arange(_D)).sum(axis=1)
+        """Per-domain quotas of blocks ``b0 .. b1 - 1`` of ``block`` sequences, shape ``(b1 - b0, 8)``."""
+        return np.diff(self._prefix(np.arange(b0, b1 + 1)), axis=0)
+
+    def expected_counts(self, n: np.ndarray | float) -> np.ndarray:
+        """Exact expected number of sequences per domain among the first ``n`` (shape ``(*n.shape, 8)``)."""
+        return self.schedule.cumulative(np.asarray(n, dtype=np.float64) * self.seq_len) / self.seq_len
+
+    def due(self, d: int | np.ndarray, k: np.ndarray) -> np.ndarray:
+        """Global position (in sequences) of domain ``d``'s k-th draw (k from 0); ``inf`` if never.
+
+        ``d`` and ``k`` broadcast, so one call serves one domain's many draws or one draw of each domain.
+        """
+        d, k = np.broadcast_arrays(np.asarray(d, dtype=np.int64), np.asarray(k, dtype=np.int64))
+        out = np.empty(d.shape, dtype=np.float64)
+        for idx in np.ndindex(d.shape):
+            out[idx] = self._due_one(int(d[idx]), int(k[idx]))
+        return out
+
+    def _due_one(self, d: int, k: int) -> float:
+        before_tail = int(self._prefix(np.array([self._tail]))[0, d])
+        if k >= before_tail:
+            if self._tail_q[d] == 0:
+                return math.inf
+            b = self._tail + (k - before_tail) // int(self._tail_q[d])
+        else:  # last block whose prefix is <= k: binary search, as prefixes only grow
+            lo, hi = 0, self._tail
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if self._prefix(np.array([mid]))[0, d] <= k:
+                    lo = mid
+                else:
+                    hi = mid
+            b = lo
+        dom, j = self._orders(np.array([b]))
+        before = int(self._prefix(np.array([b]))[0, d])
+        pos = np.flatnonzero((dom == d) & (j == k - before))
+        return float(b * self.block + pos[0])

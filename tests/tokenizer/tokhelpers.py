@@ -50,9 +50,9 @@ def _fuzz_part(rng: random.Random, korean_words: list[str], english_words: list[
     if kind == 7:
         return rng.choice(_EMOJI)
     if kind == 8:
-        return rng.choice(_SPACES) * rng.randrange(1, 40)
+        return rng.choice(_SPACES) * rng.choice([rng.randrange(1, 40), rng.randrange(40, 400)])
     if kind == 9:
-        return "".join(rng.choice("0123456789") for _ in range(rng.randrange(1, 30)))
+        return "".join(rng.choice("0123456789") for _ in range(rng.choice([rng.randrange(1, 30), 300])))
     if kind == 10:
         return rng.choice(["'s", "'LL", ".", ",", "!?", "...", "—", "(", ")", "「", "」", "·", "%", "$"])
     # any scalar value except surrogates

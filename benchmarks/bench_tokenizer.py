@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import sys
 import tempfile
 import time
@@ -79,16 +80,23 @@ def main() -> int:
 
     # 1. full-size training run
     inputs = tuple((str(p), 1) for p in sorted(korean.iterdir()))
+    cpu = (
+        resource.getrusage(resource.RUSAGE_SELF).ru_utime,
+        resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime,
+    )
     start = time.perf_counter()
     full = train(TrainConfig(inputs=inputs, base=str(base_path)), progress=True)
     train_s = time.perf_counter() - start
+    main_cpu = resource.getrusage(resource.RUSAGE_SELF).ru_utime - cpu[0]
+    worker_cpu = resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime - cpu[1]
     save(full.encoding, work / "full", extra={"training.json": full.report})
     load_after = os.getloadavg()
     report = full.report
     print(
         f"\n## training: all Korean samples ({report['corpus']['documents']:,} documents, "
         f"{report['unique_pieces']:,} unique Hangul pieces)\n"
-        f"learned {report['learned_tokens']:,} tokens in {train_s:.1f} s (counting included, 2 workers), "
+        f"learned {report['learned_tokens']:,} tokens in {train_s:.1f} s wall (counting included, 2 counting "
+        f"processes; CPU: {main_cpu:.1f} s main + {worker_cpu:.1f} s counting processes), "
         f"stop: {report['stop_reason']}; unreachable learned tokens: {len(unreachable_tokens(full.encoding))}; "
         f"load average {load_after}"
     )

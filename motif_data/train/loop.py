@@ -153,6 +153,7 @@ def train(
 
     out = Path(out)
     ckpt_dir, metrics_path = out / "checkpoints", out / "metrics.jsonl"
+    joined_here = not dist.is_initialized()
     rank, world_size, device = _setup_device(cfg)
     is_main = rank == 0
 
@@ -339,4 +340,6 @@ def train(
     }
     if is_main:
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    if world_size > 1 and joined_here:
+        dist.destroy_process_group()
     return summary

@@ -209,7 +209,15 @@ def train(
             )
         raw_model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        loader.load_state_dict(state["loader"])
+        try:
+            loader.load_state_dict(state["loader"])
+        except ValueError as e:
+            hint = (
+                " (fit_schedule ties the mixture to train.steps: keep the run's steps)"
+                if cfg.fit_schedule
+                else ""
+            )
+            raise ValueError(f"{ckpt_path}: {e}{hint}") from e
         if is_main:  # the saved counters are the sum over ranks: one rank carries them on
             counters.load_state_dict(state["counters"])
         if averager is not None and state.get("averager") is not None:

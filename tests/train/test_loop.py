@@ -167,3 +167,9 @@ def test_two_ranks_under_torchrun_train_like_one_process(tmp_path, synthetic_man
         # Adam divides by √v: where a gradient is tiny, summation-order rounding moves the update by a few
         # 1e-5 — under 1 % of one step's size (lr 1e-2).
         torch.testing.assert_close(pa[name], pb[name], rtol=1e-4, atol=1e-4)
+
+
+def test_resume_with_a_refitted_schedule_is_refused_with_a_hint(tmp_path, synthetic_manifest):
+    train(config(steps=4, warmup_steps=1, fit_schedule=True), tmp_path, synthetic_manifest)
+    with pytest.raises(ValueError, match="fit_schedule ties the mixture to train.steps"):
+        train(config(steps=6, warmup_steps=1, fit_schedule=True), tmp_path, synthetic_manifest, resume=True)

@@ -96,9 +96,8 @@ class Attention(nn.Module):
         attend = reference_diff_attention if self.reference else diff_attention
         out = attend(q, k, v, self.diff.lambda_full())
         norm = self.diff.subln
-        out = F.rms_norm(out, (out.shape[-1],), norm.weight.to(out.dtype), norm.eps) * (
-            1.0 - self.diff.lambda_init
-        )
+        out = F.rms_norm(out, (out.shape[-1],), norm.weight.to(out.dtype), norm.eps)
+        out = out * (1.0 - self.diff.lambda_init)
         return self.o_proj(out.transpose(1, 2).reshape(B, S, -1))
 
 

@@ -186,6 +186,16 @@ class QuotaSampler:
         """What :meth:`_orders` returns, computed: slot windows (module docstring), then earliest deadline
         first over the positions of all the blocks side by side."""
         B = self.block
+        span = self.block * self.seq_len
+        cut = ((self._cuts > blocks[:, None] * span) & (self._cuts < (blocks[:, None] + 1) * span)).any(
+            axis=1
+        )
+        if cut.any() and not cut.all():  # the few blocks holding a stage bound take the slower path alone
+            dom, j = np.empty((len(blocks), B), dtype=np.int64), np.empty((len(blocks), B), dtype=np.int64)
+            for sel in (cut, ~cut):
+                d, k = self._schedule_blocks(blocks[sel])
+                dom[sel], j[sel] = d.reshape(-1, B), k.reshape(-1, B)
+            return dom.ravel(), j.ravel()
         start, length, w_lo, w_hi, expected = self._geometry(blocks)
         U, P = length.shape
         prio = self.priority

@@ -63,7 +63,7 @@ class QuotaSampler:
         self.seq_len = int(seq_len)
         self.seed = int(seed)
         self.block = int(block)
-        # Seeded tie-break: among equal remainders, and slots due at the same position, earlier here wins.
+        # Seeded tie-break: among equal remainders, and slots with equal deadlines, earlier here wins.
         self.priority = np.array(sorted(range(_D), key=lambda d: hash64(self.seed, 0x7E1, d)), dtype=np.int64)
         self._rank = np.argsort(self.priority)
         # Stages plus an endless one at the final weights (the schedule holds them after its end).

@@ -300,17 +300,14 @@ def learn(
             owners.update(first_owners[starts[j] : starts[j + 1]].tolist())
         # Counts change in place (a pair may pass through 0 and stay in the dict; the heap ignores it).
         fresh: defaultdict[int, list[int]] = defaultdict(list)
-        count, get = pair_count, pair_count.get
+        count, get, shift = pair_count, pair_count.get, _SHIFT
+        new_high, b_high = new << shift, b << shift
         for i in owners:
             seg = segments[i]
             # Occurrences of (a, b), left to right without overlap, as tiktoken merges them.
             n, j, found = len(seg), 0, []
-            while True:
-                try:
-                    j = seg.index(a, j)
-                except ValueError:
-                    break
-                if j + 1 < n and seg[j + 1] == b:
+            while j < n - 1:
+                if seg[j] == a and seg[j + 1] == b:
                     found.append(j)
                     j += 2
                 else:
@@ -319,19 +316,22 @@ def learn(
                 continue  # owner lists are never pruned: this piece lost the pair to an earlier merge
             # Update only the pairs around each merge. The left neighbour is read from the output, so
             # back-to-back merges (a b a b) cancel correctly.
-            w, out, done = weights[i], [], 0
+            w, out, done = weights[i], seg[: found[0]], found[0]
             for j in found:
-                out += seg[done:j]
+                if j > done:
+                    out += seg[done:j]
                 if out:
-                    p = out[-1] << _SHIFT
+                    p = out[-1] << shift
                     count[p | a] = get(p | a, 0) - w
-                    count[p | new] = get(p | new, 0) + w
-                    fresh[p | new].append(i)
+                    k = p | new
+                    count[k] = get(k, 0) + w
+                    fresh[k].append(i)
                 if j + 2 < n:
                     q = seg[j + 2]
-                    count[(b << _SHIFT) | q] = get((b << _SHIFT) | q, 0) - w
-                    count[(new << _SHIFT) | q] = get((new << _SHIFT) | q, 0) + w
-                    fresh[(new << _SHIFT) | q].append(i)
+                    count[b_high | q] = get(b_high | q, 0) - w
+                    k = new_high | q
+                    count[k] = get(k, 0) + w
+                    fresh[k].append(i)
                 out.append(new)
                 done = j + 2
             out += seg[done:]

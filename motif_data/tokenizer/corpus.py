@@ -46,7 +46,9 @@ def expand_inputs(patterns: list[str | os.PathLike]) -> list[Path]:
             problems.append(f"{pattern}: the glob matches no file")
         for match in matches:
             path = Path(match)
-            if not path.is_file():
+            if path.is_dir():
+                problems.append(f"{path}: is a directory (pass a glob such as {path / '*.jsonl.zst'})")
+            elif not path.is_file():
                 problems.append(f"{path}: no such file")
             elif _suffix(path) is None:
                 problems.append(f"{path}: unsupported format (use one of {', '.join(SUFFIXES)})")

@@ -66,11 +66,12 @@ def test_expand_inputs_globs_and_reports_every_problem(tmp_path):
         tmp_path / "b.jsonl",
     ]
     with pytest.raises(ValueError) as e:
-        expand_inputs([tmp_path / "missing.jsonl", str(tmp_path / "*.parquet"), tmp_path / "c.csv"])
+        expand_inputs([tmp_path / "missing.jsonl", str(tmp_path / "*.parquet"), tmp_path / "c.csv", tmp_path])
     message = str(e.value)
     assert "missing.jsonl: no such file" in message
     assert "*.parquet: the glob matches no file" in message
     assert "c.csv: unsupported format" in message
+    assert "is a directory (pass a glob such as" in message
 
 
 def test_corrupt_container_is_an_error_naming_the_file(tmp_path):

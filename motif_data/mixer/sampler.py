@@ -32,7 +32,8 @@ __all__ = ["QuotaSampler"]
 _D = len(DOMAINS)
 _CHUNK_BLOCKS = 4096  # blocks per memoized prefix table
 _TABLES = 16  # prefix tables kept
-_ORDERS_KEPT = 32  # block orders kept
+_ORDERS_KEPT = 64  # block orders kept
+_READ_AHEAD = 16  # blocks ordered ahead of a forward walk
 _RANGE_SLOTS = 1 << 22  # slots ordered per vectorized step (bounds memory)
 _T_BITS = 20  # slot windows computed on a grid of 2^-20 sequence: float noise never moves one
 _R_BITS = 32  # remainders compared on a grid of 2^-32: float noise never decides a rounding
@@ -164,17 +165,21 @@ class QuotaSampler:
 
     def _orders(self, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Domain and within-block draw number j of every position of the (sorted, distinct) blocks, flat:
-        ``(U * B,)`` each. The last few blocks ordered one at a time are kept (a scalar caller walks on)."""
-        if len(blocks) > _ORDERS_KEPT:
+        ``(U * B,)`` each.
+
+        Few blocks at a time is what a loader or a scalar caller asks for, walking forward: those are kept,
+        with the next ``_READ_AHEAD`` blocks, as ordering many blocks side by side costs about as much as one.
+        """
+        if len(blocks) > _ORDERS_KEPT - _READ_AHEAD:
             return self._schedule_blocks(blocks)
         missing = [b for b in blocks.tolist() if b not in self._kept]
         if missing:
-            dom, j = self._schedule_blocks(np.array(missing, dtype=np.int64))
-            for i, b in enumerate(missing):
-                self._kept[b] = (
-                    dom[i * self.block : (i + 1) * self.block],
-                    j[i * self.block : (i + 1) * self.block],
-                )
+            ahead = range(missing[-1] + 1, missing[-1] + 1 + _READ_AHEAD)
+            todo = np.array(missing + [b for b in ahead if b not in self._kept], dtype=np.int64)
+            dom, j = self._schedule_blocks(todo)
+            B = self.block
+            for i, b in enumerate(todo.tolist()):
+                self._kept[b] = dom[i * B : (i + 1) * B], j[i * B : (i + 1) * B]
         for b in blocks.tolist():
             self._kept.move_to_end(b)
         got = [self._kept[b] for b in blocks.tolist()]

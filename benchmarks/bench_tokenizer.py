@@ -28,7 +28,7 @@ import tiktoken
 import tokenizers
 
 from motif_data import DOMAINS
-from motif_data.tokenizer import TrainConfig, load_base, save, train
+from motif_data.tokenizer import TrainConfig, load, load_base, save, train
 from motif_data.tokenizer.corpus import iter_texts
 from motif_data.tokenizer.evaluate import compare_file, hf_parity, unreachable_tokens
 from motif_data.tokenizer.export import HF_FILE
@@ -123,7 +123,10 @@ def main() -> int:
         )
 
     # 3. encode speed on the same texts
+    # Fresh instances, loaded from the exported files: an Encoding that already ran multi-threaded batches
+    # (compare_file above) encodes measurably slower on the main thread afterwards.
     hf = tokenizers.Tokenizer.from_file(str(work / "full" / HF_FILE))
+    o200k, extended = load_base(base_path), load(work / "full")
     ko = [unicodedata.normalize("NFC", t) for t in iter_texts(korean / "kowiki_fineweb2_schema.parquet")]
     ko = ko[:1000]
     en = list(iter_texts(data / "web" / "dclm_samples.jsonl.zst"))
@@ -137,8 +140,8 @@ def main() -> int:
         speed = _speeds(
             texts,
             {
-                "o200k": base.encode_ordinary,
-                "extended": full.encoding.encode_ordinary,
+                "o200k": o200k.encode_ordinary,
+                "extended": extended.encode_ordinary,
                 "hf": lambda t: hf.encode(t, add_special_tokens=False),
             },
         )

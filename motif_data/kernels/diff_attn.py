@@ -147,6 +147,8 @@ def _diff_attn_fwd_kernel(
     D: tl.constexpr, DV: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DV_SPLIT: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):  # fmt: skip
+    # torch.compile (Inductor) passes Python floats as fp64 scalars; keep the softmax math in fp32.
+    qk_scale = tl.full([], qk_scale, tl.float32)
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     pid_dv = tl.program_id(2)
@@ -262,6 +264,10 @@ def _diff_attn_bwd_kv_kernel(
     D: tl.constexpr, DV: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
+    qk_scale, sm_scale = (
+        tl.full([], qk_scale, tl.float32),
+        tl.full([], sm_scale, tl.float32),
+    )  # fp64 under compile
     pid_n = tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
@@ -360,6 +366,10 @@ def _diff_attn_bwd_q_kernel(
     D: tl.constexpr, DV: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
+    qk_scale, sm_scale = (
+        tl.full([], qk_scale, tl.float32),
+        tl.full([], sm_scale, tl.float32),
+    )  # fp64 under compile
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)

@@ -115,6 +115,14 @@ def stages(config: BuildConfig, out: Path) -> list[Stage]:
     return result
 
 
+def _seconds(hms: str) -> int:
+    """``[[HH:]MM:]SS`` (Slurm's time format) in seconds."""
+    seconds = 0
+    for part in hms.split(":"):
+        seconds = seconds * 60 + int(part)
+    return seconds
+
+
 def make_executors(config: BuildConfig, out: Path, plan: list[Stage]) -> list:
     ex = config.executor
     logs = out / WORK_DIR / LOGS_DIR
@@ -141,8 +149,10 @@ def make_executors(config: BuildConfig, out: Path, plan: list[Stage]) -> list:
                     logging_dir=logging_dir,
                     cpus_per_task=ex.cpus_per_task,
                     mem_per_cpu_gb=ex.mem_per_cpu_gb,
-                    # a Ray job costs about a second to schedule: give each several ranks, two jobs per worker
-                    tasks_per_job=max(1, stage.tasks // (2 * workers)),
+                    # datatrove's Ray actor forks a pool for its ranks; now and then a forked worker hangs after
+                    # its rank is done and marked complete. With a time limit the job is killed and resubmitted,
+                    # and the resubmitted job skips the completed ranks.
+                    time=_seconds(ex.time),
                 )
             )
         else:

@@ -117,9 +117,10 @@ class ExecutorConfig:
     ray_address: str | None = None
     cpus_per_task: int = 1
     mem_per_cpu_gb: float = 2.0
+    #: time limit of one task, [[HH:]MM:]SS (Slurm and Ray)
+    time: str = "24:00:00"
     # Slurm
     partition: str | None = None
-    time: str = "24:00:00"
     qos: str = "normal"
     venv_path: str | None = None
     sbatch_args: tuple[tuple[str, str], ...] = ()
@@ -343,6 +344,8 @@ def parse_config(data: dict, base: str | os.PathLike = ".", path: str | None = N
         problems.add(f"executor.tasks: expected an integer ≥ 1, got {executor.tasks!r}")
     if not isinstance(executor.workers, int) or executor.workers < 1:
         problems.add(f"executor.workers: expected an integer ≥ 1, got {executor.workers!r}")
+    if not re.fullmatch(r"(\d+:){0,2}\d+", str(executor.time)):
+        problems.add(f"executor.time: expected [[HH:]MM:]SS, got {executor.time!r}")
     if executor.kind == "slurm" and not executor.partition:
         problems.add("executor.partition: a slurm executor needs a partition")
     dd = data.get("dedup", {})

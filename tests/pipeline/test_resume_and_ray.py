@@ -59,13 +59,32 @@ def test_build_killed_and_restarted_is_byte_identical(
     assert snapshot(out) == snapshot(reference_build[0])
 
 
+_RAY = (
+    "import json, sys, ray; from motif_data.pipeline import build, parse_config; "
+    "ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False); "
+    "build(parse_config(json.load(open(sys.argv[1])))); ray.shutdown()"
+)
+
+
 def test_ray_executor_gives_the_same_bytes_as_local(reference_build, sample_slices, o200k_path, tmp_path):
-    ray = pytest.importorskip("ray", reason="the optional 'ray' extra is part of the test dependencies")
+    pytest.importorskip("ray", reason="the optional 'ray' extra is part of the test dependencies")
     cfg = slice_config(sample_slices, tmp_path / "out", o200k_path)
-    cfg["executor"] = {"kind": "ray", "tasks": 2, "workers": 2, "mem_per_cpu_gb": 0.5}
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # a task limit, so that a Ray job whose forked worker hangs after its rank is done gets resubmitted
+    cfg["executor"] = {"kind": "ray", "tasks": 2, "workers": 2, "mem_per_cpu_gb": 0.5, "time": "00:00:40"}
+    cfg_path = tmp_path / "cfg.json"
+    cfg_path.write_text(json.dumps(cfg))
+    # in its own process group with a deadline: a stuck Ray cluster must fail this test, not hang the suite
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _RAY, str(cfg_path)],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
-        build(parse_config(cfg))
-    finally:
-        ray.shutdown()
+        _, err = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        pytest.fail("the Ray build did not finish within 300 s")
+    assert proc.returncode == 0, err.decode()[-3000:]
     assert snapshot(tmp_path / "out") == snapshot(reference_build[0])

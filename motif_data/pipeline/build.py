@@ -150,8 +150,7 @@ def make_executors(config: BuildConfig, out: Path, plan: list[Stage]) -> list:
                     cpus_per_task=ex.cpus_per_task,
                     mem_per_cpu_gb=ex.mem_per_cpu_gb,
                     # datatrove's Ray actor forks a pool for its ranks; now and then a forked worker hangs after
-                    # its rank is done and marked complete. With a time limit the job is killed and resubmitted,
-                    # and the resubmitted job skips the completed ranks.
+                    # its rank is done and marked complete. With a time limit the job is killed (see _run_stage).
                     time=_seconds(ex.time),
                 )
             )
@@ -227,6 +226,19 @@ def _prepare(config: BuildConfig, out: Path, force: bool) -> None:
     atomic_write_text(plan_file, json.dumps(plan, indent=1, sort_keys=True))
 
 
+def _run_stage(executor, kind: str, log: Log, attempts: int = 3) -> None:
+    for attempt in range(1, attempts + 1):
+        try:
+            executor.run()
+            return
+        except KeyError as e:
+            # datatrove 0.10's Ray executor kills a job that reaches its time limit, then looks the job up again
+            # and raises KeyError; running the stage again runs only the tasks not marked complete.
+            if kind != "ray" or attempt == attempts:
+                raise
+            log(f"a Ray job reached executor.time and was killed ({e!r}); running the incomplete tasks again")
+
+
 def build(
     config: BuildConfig, out: str | Path | None = None, force: bool = False, log: Log = _stderr
 ) -> Manifest | None:
@@ -263,7 +275,7 @@ def build(
     for i, (stage, executor) in enumerate(zip(plan, executors, strict=True)):
         log(f"[{i + 1}/{len(plan)}] {stage.name}: {stage.tasks} task(s) …")
         start = time.perf_counter()
-        executor.run()
+        _run_stage(executor, config.executor.kind, log)
         missing = executor.get_incomplete_ranks(skip_completed=True)
         if missing:
             raise RuntimeError(

@@ -69,7 +69,7 @@ _RAY = (
 def test_ray_executor_gives_the_same_bytes_as_local(reference_build, sample_slices, o200k_path, tmp_path):
     pytest.importorskip("ray", reason="the optional 'ray' extra is part of the test dependencies")
     cfg = slice_config(sample_slices, tmp_path / "out", o200k_path)
-    # a task limit, so that a Ray job whose forked worker hangs after its rank is done gets resubmitted
+    # a task limit, so that a Ray job whose forked worker hangs after its rank is done is killed and rerun
     cfg["executor"] = {"kind": "ray", "tasks": 2, "workers": 2, "mem_per_cpu_gb": 0.5, "time": "00:00:40"}
     cfg_path = tmp_path / "cfg.json"
     cfg_path.write_text(json.dumps(cfg))
@@ -88,3 +88,21 @@ def test_ray_executor_gives_the_same_bytes_as_local(reference_build, sample_slic
         pytest.fail("the Ray build did not finish within 300 s")
     assert proc.returncode == 0, err.decode()[-3000:]
     assert snapshot(tmp_path / "out") == snapshot(reference_build[0])
+
+
+def test_a_ray_stage_whose_job_was_killed_at_its_time_limit_is_run_again():
+    from motif_data.pipeline.build import _run_stage
+
+    class KilledOnce:  # what datatrove 0.10's RayPipelineExecutor.run does after killing a job at its limit
+        runs = 0
+
+        def run(self):
+            self.runs += 1
+            if self.runs == 1:
+                raise KeyError("ObjectRef(...)")
+
+    ray_stage, messages = KilledOnce(), []
+    _run_stage(ray_stage, "ray", messages.append)
+    assert ray_stage.runs == 2 and "executor.time" in messages[0]
+    with pytest.raises(KeyError):  # elsewhere a KeyError is a bug to report, not to retry
+        _run_stage(KilledOnce(), "local", messages.append)

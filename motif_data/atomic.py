@@ -17,6 +17,16 @@ from typing import IO
 __all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "atomic_dir", "fsync_dir"]
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# Read once at import: os.umask can only be read by setting it, which would race with other threads.
+_UMASK = _read_umask()
+
+
 def fsync_dir(path: str | os.PathLike) -> None:
     """Persist a rename: the directory entry itself must reach the disk too."""
     fd = os.open(path, os.O_RDONLY)
@@ -32,6 +42,8 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", **kwargs) -> Iterator
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # mkstemp creates 0600; a finished output gets the permissions a plain open() would give it.
+    os.fchmod(fd, 0o666 & ~_UMASK)
     os.close(fd)
     try:
         with open(tmp, mode, **kwargs) as f:

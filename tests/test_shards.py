@@ -27,7 +27,7 @@ def test_writer_splits_at_cap_and_reader_gives_back_every_document(tmp_path):
         assert hashlib.sha256(raw.tobytes()).hexdigest() == s.sha256
         assert np.fromfile(tmp_path / s.index_path, dtype="<u8")[-1] == len(raw)
     assert len(got) == len(docs)
-    assert all(np.array_equal(a, b) for a, b in zip(got, docs))
+    assert all(np.array_equal(a, b) for a, b in zip(got, docs, strict=True))
 
 
 def test_truncated_shard_is_reported(tmp_path):
@@ -82,3 +82,15 @@ def test_manifest_round_trip_and_unknown_domain(tmp_path):
     data["domains"]["webz"] = data["domains"].pop("web")
     with pytest.raises(ShardError, match="unknown domains"):
         Manifest.from_dict(data)
+
+
+def test_atomic_outputs_get_normal_file_permissions(tmp_path):
+    import os
+    import stat
+
+    from motif_data.atomic import atomic_write_text
+
+    atomic_write_text(tmp_path / "a.json", "{}")
+    (tmp_path / "b.json").write_text("{}")
+    mode = stat.S_IMODE(os.stat(tmp_path / "a.json").st_mode)
+    assert mode == stat.S_IMODE(os.stat(tmp_path / "b.json").st_mode)

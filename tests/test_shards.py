@@ -94,3 +94,10 @@ def test_atomic_outputs_get_normal_file_permissions(tmp_path):
     (tmp_path / "b.json").write_text("{}")
     mode = stat.S_IMODE(os.stat(tmp_path / "a.json").st_mode)
     assert mode == stat.S_IMODE(os.stat(tmp_path / "b.json").st_mode)
+
+    from motif_data.atomic import atomic_dir
+
+    with atomic_dir(tmp_path / "out") as d:
+        (d / "x").write_text("1")
+    (tmp_path / "plain").mkdir()
+    assert stat.S_IMODE(os.stat(tmp_path / "out").st_mode) == stat.S_IMODE(os.stat(tmp_path / "plain").st_mode)

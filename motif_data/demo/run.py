@@ -86,6 +86,10 @@ def _preflight(cfg: DemoConfig) -> None:
             f"only {free / 2**20:.0f} MiB free under {parent}: the demo needs about "
             f"{MIN_FREE_BYTES / 2**30:.0f} GiB; free some space or pass --out on another disk"
         )
+    if not cfg.from_hub:
+        from motif_data.demo.sources import check_installed
+
+        check_installed()
 
 
 # -- 1. sources -------------------------------------------------------------------------------------------

@@ -17,7 +17,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["OfflineSource", "OFFLINE_SOURCES", "MissingExtra", "harvest"]
+__all__ = ["OfflineSource", "OFFLINE_SOURCES", "MissingExtra", "harvest", "check_installed"]
+
+#: Packages the offline sources read text from (the ``demo`` extra, plus SymPy, which torch brings).
+_PACKAGES = ("konlpy", "babel", "sympy")
 
 
 class MissingExtra(RuntimeError):
@@ -40,6 +43,12 @@ def _need(module: str):
             f"the demo reads text from the '{module}' package, which is not installed: "
             "run `pip install 'motif-data[demo]'`"
         ) from e
+
+
+def check_installed() -> None:
+    """Fail before any work if a package the offline demo reads from is missing."""
+    for name in _PACKAGES:
+        _need(name)
 
 
 def _budgeted(docs: Iterator[str], budget: int) -> Iterator[str]:

@@ -97,3 +97,38 @@ def test_hub_streaming_reads_local_files_of_the_same_format(tmp_path):
     )
     with pytest.raises(ValueError, match="no field"):
         list(stream_docs(bad, 1))
+
+
+def _demo_cli(args):
+    from motif_data.cli import main
+
+    return main(["demo", *args])
+
+
+def test_demo_without_disk_space_says_so_in_one_line(tmp_path, monkeypatch, capsys):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 5 * 2**20, 5 * 2**20))
+    assert _demo_cli(["--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "free" in err and "--out" in err
+    assert not (tmp_path / "d").exists()
+
+
+def test_demo_with_a_missing_extra_says_what_to_install(tmp_path, monkeypatch, capsys):
+    import importlib
+
+    real = importlib.import_module
+
+    def no_konlpy(name, *a, **k):
+        if name == "konlpy":
+            raise ImportError("No module named 'konlpy'")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(importlib, "import_module", no_konlpy)
+    assert _demo_cli(["--out", str(tmp_path / "d"), "--quick"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "pip install 'motif-data[demo]'" in err and "konlpy" in err
+    assert not (tmp_path / "d").exists()

@@ -8,7 +8,6 @@ against its source and domain.
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -19,6 +18,7 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.readers import JsonlReader
 
 from motif_data.pipeline.config import SourceConfig, expand_paths, is_url
+from motif_data.textio import TruncatedFile, iter_chunks, iter_lines, open_binary
 
 __all__ = [
     "SourceReader",
@@ -32,73 +32,8 @@ __all__ = [
 
 ERROR_KEY = "_error"
 SOURCE_KEY = "source"
-_CHUNK = 1 << 20
 # Metadata kept per document must stay small: the spill files carry it between stages.
 _MAX_META_VALUE = 4096
-
-
-class TruncatedFile(Exception):
-    """A compressed stream ended in the middle of a frame."""
-
-
-def _zstd_chunks(raw: io.BufferedIOBase) -> Iterator[bytes]:
-    """Decompressed bytes of a (multi-frame) zstd stream; raises ``TruncatedFile`` if it ends mid-frame.
-
-    ``zstandard``'s stream reader returns EOF quietly on a cut file, so frames are tracked here.
-    """
-    dctx = zstandard.ZstdDecompressor()
-    dobj = dctx.decompressobj()
-    in_frame = False
-    while block := raw.read(_CHUNK):
-        while block:
-            out = dobj.decompress(block)
-            in_frame = True
-            if out:
-                yield out
-            if dobj.eof:
-                block = dobj.unused_data
-                dobj = dctx.decompressobj()
-                in_frame = False
-            else:
-                block = b""
-    if in_frame:
-        raise TruncatedFile("zstd stream ends inside a frame")
-
-
-def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
-    # Split on b"\n" only: texts may hold U+2028/U+2029, which str.splitlines() would also split on.
-    rest = b""
-    for chunk in chunks:
-        parts = (rest + chunk).split(b"\n")
-        rest = parts.pop()
-        yield from parts
-    if rest:
-        yield rest
-
-
-def _open(path: str):
-    import fsspec
-
-    return fsspec.open(path, "rb").open()
-
-
-def _raw_chunks(path: str) -> Iterator[bytes]:
-    with _open(path) as raw:
-        if path.endswith((".zst", ".zstd")):
-            yield from _zstd_chunks(raw)
-        elif path.endswith(".gz"):
-            import gzip
-
-            try:
-                with gzip.GzipFile(fileobj=raw) as gz:
-                    # read1 hands over what is decompressed so far, so lines before a cut are kept
-                    while block := gz.read1(_CHUNK):
-                        yield block
-            except EOFError as e:
-                raise TruncatedFile(str(e)) from e
-        else:
-            while block := raw.read(_CHUNK):
-                yield block
 
 
 def _record_from_json(line: bytes) -> tuple[dict | None, str | None]:
@@ -118,7 +53,7 @@ def _record_from_json(line: bytes) -> tuple[dict | None, str | None]:
 
 
 def _jsonl(path: str) -> Iterator[tuple[dict | None, str | None]]:
-    for line in _lines(_raw_chunks(path)):
+    for line in iter_lines(iter_chunks(path)):
         if line.strip():
             yield _record_from_json(line)
 
@@ -126,7 +61,7 @@ def _jsonl(path: str) -> Iterator[tuple[dict | None, str | None]]:
 def _parquet(path: str, text_field: str) -> Iterator[tuple[dict | None, str | None]]:
     import pyarrow.parquet as pq
 
-    with _open(path) as f:
+    with open_binary(path) as f:
         pf = pq.ParquetFile(f)
         if text_field not in pf.schema_arrow.names:
             for _ in range(pf.metadata.num_rows):
@@ -138,7 +73,7 @@ def _parquet(path: str, text_field: str) -> Iterator[tuple[dict | None, str | No
 
 def _text(path: str, text_field: str, max_bytes: int) -> Iterator[tuple[dict | None, str | None]]:
     parts, size = [], 0
-    for chunk in _raw_chunks(path):
+    for chunk in iter_chunks(path):
         size += len(chunk)
         if size > max_bytes:  # stop reading: a huge file must not be held in memory to be rejected
             yield None, "too_large"

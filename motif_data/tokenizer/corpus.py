@@ -7,12 +7,13 @@ Unreadable files (missing, wrong extension, corrupt container) do stop it, with 
 from __future__ import annotations
 
 import glob
-import io
 import os
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from motif_data.textio import iter_chunks, iter_lines
 
 __all__ = ["SUFFIXES", "CorpusStats", "expand_inputs", "iter_texts"]
 
@@ -63,40 +64,10 @@ def expand_inputs(patterns: list[str | os.PathLike]) -> list[Path]:
     return files
 
 
-def _zstd_chunks(raw: io.BufferedIOBase, path: Path) -> Iterator[bytes]:
-    """Decompressed bytes of every zstd frame; a truncated last frame is an error, not a silent end."""
-    import zstandard
-
-    dctx = zstandard.ZstdDecompressor()
-    frame, pending = dctx.decompressobj(), False
-    while data := raw.read(1 << 22):
-        while data:
-            yield frame.decompress(data)
-            pending = not frame.eof
-            data = frame.unused_data if frame.eof else b""
-            if frame.eof:
-                frame = dctx.decompressobj()
-    if pending:
-        raise OSError(f"{path}: cannot read (zstd stream is truncated)")
-
-
-def _lines(path: Path, compressed: bool) -> Iterator[bytes]:
-    with open(path, "rb") as raw:
-        chunks = _zstd_chunks(raw, path) if compressed else iter(lambda: raw.read(1 << 22), b"")
-        # Split on b"\n" only: real texts contain U+2028/U+2029, which splitlines() would break on.
-        rest = b""
-        for chunk in chunks:
-            lines = (rest + chunk).split(b"\n")
-            rest = lines.pop()
-            yield from lines
-        if rest:
-            yield rest
-
-
 def _jsonl_texts(path: Path, text_field: str, stats: CorpusStats, compressed: bool) -> Iterator[str]:
     import orjson
 
-    for line in _lines(path, compressed):
+    for line in iter_lines(iter_chunks(path, "zstd" if compressed else None)):
         if not line.strip():
             continue
         try:
@@ -120,7 +91,7 @@ def _jsonl_texts(path: Path, text_field: str, stats: CorpusStats, compressed: bo
 
 
 def _txt_texts(path: Path, stats: CorpusStats) -> Iterator[str]:
-    for line in _lines(path, compressed=False):
+    for line in iter_lines(iter_chunks(path, None)):
         try:
             yield line.decode("utf-8")
         except UnicodeDecodeError:

@@ -117,13 +117,18 @@ def plot_plan(
         len(starts), -1
     )
     target = sampler.expected_counts(starts + window) - sampler.expected_counts(starts)
-    centers = (starts + window / 2) * sampler.seq_len / 1e12
+    # Axis in the largest unit the run reaches: trillions for a real run, thousands for a demo.
+    unit, scale = next(
+        ((u, v) for u, v in (("trillions", 1e12), ("billions", 1e9), ("millions", 1e6)) if total_tokens >= v),
+        ("thousands", 1e3),
+    )
+    centers = (starts + window / 2) * sampler.seq_len / scale
     grid = np.linspace(0, total_tokens, 400)
     weights = sampler.schedule.weight_array(grid)
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 8), sharex=True, height_ratios=[3, 1.3])
     colors = plt.get_cmap("tab10").colors
     for d, name in enumerate(DOMAINS):
-        top.plot(grid / 1e12, weights[:, d], color=colors[d], lw=2, label=f"{name} (target)")
+        top.plot(grid / scale, weights[:, d], color=colors[d], lw=2, label=f"{name} (target)")
         top.plot(centers, realized[:, d] / window, "o", ms=3, color=colors[d], alpha=0.7)
         bottom.plot(centers, 100 * (realized[:, d] - target[:, d]) / window, "-", lw=1, color=colors[d])
     top.plot([], [], "o", color="gray", ms=3, label=f"realized share, windows of {window:,} seq.")
@@ -137,7 +142,7 @@ def plot_plan(
     top.legend(ncol=2, fontsize=8, loc="upper right")
     bottom.axhline(0, color="black", lw=0.8)
     bottom.set_ylabel("realized − target\n(percentage points)")
-    bottom.set_xlabel("training tokens (trillions)")
+    bottom.set_xlabel(f"training tokens ({unit})")
     bottom.grid(alpha=0.3)
     fig.tight_layout()
     with atomic_open(path, "wb") as f:

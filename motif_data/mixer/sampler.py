@@ -228,7 +228,9 @@ class QuotaSampler:
             # Root of alpha x^2 + a x = r in the form that stays exact when alpha -> 0 or a -> 0.
             x = np.where(r > 0, t0 + 2 * r / (a + np.sqrt(np.maximum(a * a + c * r, 0.0))), t0)
         # On a 2^-20 grid first, so that float noise cannot move a bound across an integer.
-        t = np.rint(np.nan_to_num(x, nan=0.0) * 2.0**_T_BITS) / 2.0**_T_BITS
+        # A slot inside a piece whose weight is 0 (alpha = a = 0) solves to +inf: it belongs at the block's end.
+        x = np.clip(np.nan_to_num(x, nan=0.0, posinf=B), 0.0, B)
+        t = np.rint(x * 2.0**_T_BITS) / 2.0**_T_BITS
         last = first + q
         t[first], t[last] = 0.0, B  # exact ends, whatever piece rounding puts them in
         release = np.floor(t).astype(np.int64)

@@ -77,7 +77,7 @@ def _fmt_tokens(x: float) -> str:
 
 
 def format_plan(rows: list[DomainPlan], total_tokens: float) -> str:
-    head = f"{'domain':<13}{'needed':>10}{'available':>11}{'epochs':>9}  under policy 'error'"
+    head = f"{'domain':<13}{'needed':>10}{'available':>11}{'epochs':>11}  under policy 'error'"
     lines = [head, "-" * len(head)]
     for r in rows:
         if r.sequences == 0:
@@ -88,7 +88,7 @@ def format_plan(rows: list[DomainPlan], total_tokens: float) -> str:
             out = f"runs out at {_fmt_tokens(r.runs_out_at)} tokens ({100 * r.runs_out_at / total_tokens:.1f} %)"
         lines.append(
             f"{r.domain:<13}{_fmt_tokens(r.tokens_needed):>10}{_fmt_tokens(r.tokens_available):>11}"
-            f"{r.epochs:>9.2f}  {out}"
+            f"{r.epochs:>11.4g}  {out}"
         )
     return "\n".join(lines)
 

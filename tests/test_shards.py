@@ -100,4 +100,6 @@ def test_atomic_outputs_get_normal_file_permissions(tmp_path):
     with atomic_dir(tmp_path / "out") as d:
         (d / "x").write_text("1")
     (tmp_path / "plain").mkdir()
-    assert stat.S_IMODE(os.stat(tmp_path / "out").st_mode) == stat.S_IMODE(os.stat(tmp_path / "plain").st_mode)
+    assert stat.S_IMODE(os.stat(tmp_path / "out").st_mode) == stat.S_IMODE(
+        os.stat(tmp_path / "plain").st_mode
+    )

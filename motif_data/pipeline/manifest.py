@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,11 +24,7 @@ from motif_data.tokenizer import fingerprint
 __all__ = ["finalize"]
 
 
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def finalize(config: BuildConfig, out: Path, log: Callable[[str], None] = _stderr) -> Manifest:
+def finalize(config: BuildConfig, out: Path, log: Callable[[str], None]) -> Manifest:
     """Check the accounting, write ``stats.json``, drop intermediates, write ``manifest.json`` last."""
     work = out / WORK_DIR
     per_domain: dict[str, list[ShardInfo]] = {d: [] for d in DOMAINS}

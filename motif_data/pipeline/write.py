@@ -63,7 +63,10 @@ class FinalizeStep(PipelineStep):
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         from pathlib import Path
 
+        from datatrove.utils.logging import logger
+
         from motif_data.pipeline.manifest import finalize
 
-        finalize(self.config, Path(self.config.output))
+        # On Slurm this runs as a job of its own: the summary belongs in that task's log.
+        finalize(self.config, Path(self.config.output), logger.info)
         return iter(())

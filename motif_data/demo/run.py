@@ -6,9 +6,13 @@ stream batches through the loader → train a tiny model → report.md with PNGs
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import shutil
+import sys
+import textwrap
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -206,7 +210,26 @@ def _build(cfg: DemoConfig, rows: list[dict], tok_dir: Path, out: Path):
             ],
         }
     )
-    return build(config, out=out, force=True)
+    # datatrove's task loggers print every step's INFO lines to the console; the demo keeps them in a
+    # file (at the descriptor level, so worker processes are covered too) and shows the stage lines.
+    log_path = out.parent / "build.log"
+    with open(log_path, "w") as log_file, _stderr_into(log_file):
+        manifest = build(config, out=out, force=True, log=lambda msg: _say(textwrap.indent(msg, "    ")))
+    _say(f"    datatrove's logs: {log_path}")
+    return manifest
+
+
+@contextlib.contextmanager
+def _stderr_into(file) -> Iterator[None]:
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(file.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 # -- 4. plan + 5. loader ----------------------------------------------------------------------------------

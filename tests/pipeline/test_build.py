@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections import Counter
 
 import pytest
@@ -30,9 +31,12 @@ def test_shards_decode_to_the_kept_texts_with_o200k(reference_build, sample_slic
     out, manifest = reference_build
     assert manifest.tokenizer.eot_id == o200k.eot_token == 199_999
     source_texts: dict[str, Counter] = {d: Counter() for d in DOMAINS}
+    # Documents are encoded in NFC (the form the tokenizer was trained on).
     for domain, _, texts in sample_slices.values():
-        source_texts[domain].update(texts)
-    source_texts["multilingual"].update(sample_slices["fineweb2"][2])  # the router may send rows either way
+        source_texts[domain].update(unicodedata.normalize("NFC", t) for t in texts)
+    source_texts["multilingual"].update(  # the router may send rows either way
+        unicodedata.normalize("NFC", t) for t in sample_slices["fineweb2"][2]
+    )
     for d in DOMAINS:
         seen = Counter()
         for shard in manifest.domains[d].shards:
@@ -110,3 +114,23 @@ def test_foreign_or_other_config_directories_are_refused_before_any_work(sample_
     with pytest.raises(FileExistsError, match="different config: pass --force"):
         build(config, out=other)
     assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+
+
+def test_tokenize_step_encodes_nfd_korean_as_its_nfc_form(o200k_path, o200k, shared_data):
+    from datatrove.data import Document
+
+    from motif_data.pipeline.config import SourceConfig
+    from motif_data.pipeline.tokenize import TOKENS_KEY, TokenizeStep
+
+    nfc = "대한민국은 민주공화국이다. 대한민국의 주권은 국민에게 있고, 모든 권력은 국민으로부터 나온다."
+    nfd = unicodedata.normalize("NFD", nfc)
+    assert nfd != nfc
+    step = TokenizeStep(str(o200k_path), (SourceConfig(name="s", format="jsonl", domain="korean"),))
+    docs = [
+        Document(text=t, id=str(i), metadata={"source": "s", "domain": "korean"})
+        for i, t in enumerate((nfd, nfc))
+    ]
+    out = [d.metadata[TOKENS_KEY].tolist() for d in step.run(iter(docs))]
+    expected = o200k.encode_ordinary(nfc) + [o200k.eot_token]
+    assert out == [expected, expected]
+    assert len(o200k.encode_ordinary(nfd)) > 2 * len(expected)  # what NFD would have cost

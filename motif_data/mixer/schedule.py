@@ -171,7 +171,7 @@ class MixtureSchedule:
 
     @classmethod
     def from_toml(cls, text: str) -> MixtureSchedule:
-        import tomllib
+        from motif_data.compat import tomllib
 
         return cls.from_dict(tomllib.loads(text))
 

@@ -398,10 +398,8 @@ def load_config(path: str | os.PathLike) -> BuildConfig:
         raise FileNotFoundError(f"config {path} not found")
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".toml":
-        try:
-            import tomllib
-        except ModuleNotFoundError:  # Python 3.10
-            import tomli as tomllib
+        from motif_data.compat import tomllib
+
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:

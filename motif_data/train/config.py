@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import tomllib
+from motif_data.compat import tomllib
 
 __all__ = ["ModelConfig", "TrainConfig", "PRESETS", "load_config", "config_from_dict"]
 

@@ -163,10 +163,9 @@ def _tokenizer(cfg: DemoConfig, rows: list[dict], heldout: Path, out: Path) -> t
 
 
 def _plot_bytes_per_token(table: list[dict], path: Path) -> None:
-    import matplotlib
+    from motif_data.figures import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = [r for r in table if "domain" in r]
     x = np.arange(len(rows))
@@ -186,10 +185,7 @@ def _plot_bytes_per_token(table: list[dict], path: Path) -> None:
     ax.set_title("Tokenizer efficiency per domain: o200k_base vs the Korean extension")
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=110)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 # -- 3. build ---------------------------------------------------------------------------------------------
@@ -277,10 +273,9 @@ def _stream(cfg: DemoConfig, manifest_path: Path, schedule, png: Path) -> dict:
 
 
 def _plot_realized(seq_domains: np.ndarray, schedule, cfg: DemoConfig, path: Path) -> None:
-    import matplotlib
+    from motif_data.figures import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     n = len(seq_domains)
     window = max(n // 12, 32)
@@ -301,10 +296,7 @@ def _plot_realized(seq_domains: np.ndarray, schedule, cfg: DemoConfig, path: Pat
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend(ncol=3, fontsize=7, loc="upper right")
-    fig.tight_layout()
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=110)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 # -- 6. train ---------------------------------------------------------------------------------------------

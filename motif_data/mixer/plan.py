@@ -101,12 +101,9 @@ def plot_plan(
     window: int = 20_000,
 ) -> None:
     """PNG: target weight curves with the sampler's realized shares over windows of ``window`` sequences."""
-    import matplotlib
+    from motif_data.figures import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from motif_data.atomic import atomic_open
+    plt = pyplot()
 
     n = math.ceil(total_tokens / sampler.seq_len)
     window = min(window, n)
@@ -144,7 +141,4 @@ def plot_plan(
     bottom.set_ylabel("realized − target\n(percentage points)")
     bottom.set_xlabel(f"training tokens ({unit})")
     bottom.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=110)
-    plt.close(fig)
+    save_png(fig, path)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from pathlib import Path
 
 from motif_data import DOMAINS
-from motif_data.atomic import atomic_write_bytes
 
 __all__ = ["plot_losses"]
 
@@ -26,11 +24,11 @@ def _smooth(values: list[float], window: int) -> list[float]:
 def plot_losses(metrics_path: str | os.PathLike, png_path: str | os.PathLike, title: str = "") -> Path:
     """Per-domain training loss against tokens seen (moving average over ~2 % of the steps) and the overall
     loss in black; written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import matplotlib.ticker
+
+    from motif_data.figures import pyplot, save_png
+
+    plt = pyplot()
 
     records = [
         json.loads(line) for line in Path(metrics_path).read_text(encoding="utf-8").split("\n") if line
@@ -57,9 +55,5 @@ def plot_losses(metrics_path: str | os.PathLike, png_path: str | os.PathLike, ti
     ax.set_title(f"Training loss per domain{run} ({len(records)} steps{smoothing})")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, title="domain")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    atomic_write_bytes(png_path, buffer.getvalue())
+    save_png(fig, png_path, dpi=None)
     return Path(png_path)

@@ -21,14 +21,22 @@ __all__ = [
     "PolyNormGatedMLP",
 ]
 
-# A whole row lives in registers (one read of x per pass); past this width the registers spill, so wider rows
-# take the reference path.
+# Past this width a row no longer fits the registers of one program even in chunks worth tuning; wider rows take
+# the reference path.
 MAX_TRITON_WIDTH = 65536
+# Two shapes of program, chosen by the autotuner per width:
+# - CHUNK = 0: one or two whole rows live in registers, so x is read from memory exactly once;
+# - CHUNK > 0: a row is walked in CHUNK-wide slices twice (sums, then outputs; the second read hits L2). Few
+#   registers a thread means many programs resident per SM and more bytes in flight, which is what keeps a
+#   memory-bound kernel at copy speed on wide rows (a whole 8,192-wide row leaves ~2 programs per SM).
 # num_warps ≤ 16 keeps every config valid on AMD (64-wide wavefronts, 1,024 threads a block) and NVIDIA.
-# One or two rows a program (two put more bytes in flight per reduction).
 _ROW_CONFIGS = [
-    triton.Config({"BLOCK_M": m}, num_warps=w) for m, w in ((1, 4), (1, 8), (1, 16), (2, 8), (2, 16))
-]
+    triton.Config({"BLOCK_M": m, "CHUNK": c}, num_warps=w)
+    for m, c, w in (
+        (1, 0, 4), (1, 0, 8), (1, 0, 16), (2, 0, 8), (2, 0, 16),
+        (1, 1024, 4), (1, 2048, 4), (1, 2048, 8), (2, 1024, 4),
+    )
+]  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -74,40 +82,110 @@ def _add4(a1, a2, a3, a4, b1, b2, b3, b4):
     return a1 + b1, a2 + b2, a3 + b3, a4 + b4
 
 
+@triton.jit
+def _tile(ptr, stride, rows, cols, mask):
+    return tl.load(ptr + rows[:, None] * stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _even_powers(x):
+    x2 = x * x
+    x4 = x2 * x2
+    return x2, x4, x4 * x2
+
+
+@triton.jit
+def _poly(x, r1, r2, r3, w0, w1, w2, b):
+    x2 = x * x
+    return (w0 * r3)[:, None] * (x2 * x) + (w1 * r2)[:, None] * x2 + (w2 * r1)[:, None] * x + b
+
+
+@triton.jit
+def _poly_fwd_tile(X, G, OUT, stride_x, stride_g, stride_o, rows, cols, mask, r1, r2, r3, w0, w1, w2, b,
+                   HAS_GATE: tl.constexpr):  # fmt: skip
+    out = _poly(_tile(X, stride_x, rows, cols, mask), r1, r2, r3, w0, w1, w2, b)
+    if HAS_GATE:
+        out = out * _tile(G, stride_g, rows, cols, mask)
+    tl.store(OUT + rows[:, None] * stride_o + cols[None, :], out.to(OUT.dtype.element_ty), mask=mask)
+
+
 @triton.autotune(configs=_ROW_CONFIGS, key=["N", "BLOCK_N", "HAS_GATE"])
 @triton.jit
 def _poly_norm_fwd_kernel(
     X, G, W, B, OUT, RSTD,
     stride_x, stride_g, stride_o,
     M, N, eps,
-    BLOCK_N: tl.constexpr, HAS_GATE: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, HAS_GATE: tl.constexpr, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr,
 ):  # fmt: skip
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.arange(0, BLOCK_N)
-    mask = (rows[:, None] < M) & (cols[None, :] < N)
-    x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    if HAS_GATE:
-        # Issued before the reductions so both row loads are in flight at once.
-        g = tl.load(G + rows[:, None] * stride_g + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    x2 = x * x
-    x3 = x2 * x
-    # One three-way reduction: a single pass of shuffles and barriers instead of three.
-    s1, s2, s3 = tl.reduce((x2, x2 * x2, x3 * x3), 1, _add3)
-    r1 = tl.rsqrt(s1 / N + eps)
-    r2 = tl.rsqrt(s2 / N + eps)
-    r3 = tl.rsqrt(s3 / N + eps)
+    row_ok = rows < M
     w0 = tl.load(W).to(tl.float32)
     w1 = tl.load(W + 1).to(tl.float32)
     w2 = tl.load(W + 2).to(tl.float32)
     b = tl.load(B).to(tl.float32)
-    out = (w0 * r3)[:, None] * x3 + (w1 * r2)[:, None] * x2 + (w2 * r1)[:, None] * x + b
-    if HAS_GATE:
-        out = out * g
-    tl.store(OUT + rows[:, None] * stride_o + cols[None, :], out.to(OUT.dtype.element_ty), mask=mask)
-    row_ok = rows < M
+    if CHUNK == 0:
+        cols = tl.arange(0, BLOCK_N)
+        mask = row_ok[:, None] & (cols[None, :] < N)
+        x = _tile(X, stride_x, rows, cols, mask)
+        if HAS_GATE:
+            # Issued before the reductions so both row loads are in flight at once.
+            g = _tile(G, stride_g, rows, cols, mask)
+        # One three-way reduction: a single pass of shuffles and barriers instead of three.
+        s1, s2, s3 = tl.reduce(_even_powers(x), 1, _add3)
+    else:
+        a1 = tl.zeros([BLOCK_M, CHUNK], tl.float32)
+        a2 = tl.zeros([BLOCK_M, CHUNK], tl.float32)
+        a3 = tl.zeros([BLOCK_M, CHUNK], tl.float32)
+        for start in range(0, N, CHUNK):
+            cols = start + tl.arange(0, CHUNK)
+            p1, p2, p3 = _even_powers(_tile(X, stride_x, rows, cols, row_ok[:, None] & (cols[None, :] < N)))
+            a1 += p1
+            a2 += p2
+            a3 += p3
+        s1, s2, s3 = tl.reduce((a1, a2, a3), 1, _add3)
+    r1 = tl.rsqrt(s1 / N + eps)
+    r2 = tl.rsqrt(s2 / N + eps)
+    r3 = tl.rsqrt(s3 / N + eps)
+    if CHUNK == 0:
+        out = _poly(x, r1, r2, r3, w0, w1, w2, b)
+        if HAS_GATE:
+            out = out * g
+        tl.store(OUT + rows[:, None] * stride_o + cols[None, :], out.to(OUT.dtype.element_ty), mask=mask)
+    else:
+        for start in range(0, N, CHUNK):
+            cols = start + tl.arange(0, CHUNK)
+            _poly_fwd_tile(
+                X, G, OUT, stride_x, stride_g, stride_o, rows, cols, row_ok[:, None] & (cols[None, :] < N),
+                r1, r2, r3, w0, w1, w2, b, HAS_GATE,
+            )  # fmt: skip
     tl.store(RSTD + rows * 3, r1, mask=row_ok)
     tl.store(RSTD + rows * 3 + 1, r2, mask=row_ok)
     tl.store(RSTD + rows * 3 + 2, r3, mask=row_ok)
+
+
+@triton.jit
+def _gated_dy(X, G, DOUT, DG, stride_x, stride_g, stride_do, stride_dg, rows, cols, mask,
+              r1, r2, r3, w0, w1, w2, b, HAS_GATE: tl.constexpr, STORE_DG: tl.constexpr):  # fmt: skip
+    """x and the gradient reaching PolyNorm's output (dout, or dout ⊙ y with the gate) for one tile; with
+    STORE_DG the tile of dy = dout ⊙ PolyNorm(x) is written on the way."""
+    x = _tile(X, stride_x, rows, cols, mask)
+    dy = _tile(DOUT, stride_do, rows, cols, mask)
+    if HAS_GATE:
+        g = _tile(G, stride_g, rows, cols, mask)
+        if STORE_DG:
+            dg = dy * _poly(x, r1, r2, r3, w0, w1, w2, b)
+            tl.store(DG + rows[:, None] * stride_dg + cols[None, :], dg.to(DG.dtype.element_ty), mask=mask)
+        dy = dy * g
+    return x, dy
+
+
+@triton.jit
+def _poly_dx(x, dy, c1, c2, c3, r1, r2, r3, w0, w1, w2):
+    # d/du Σ g·u·r = r·g − r³·u·mean(g·u) for each of u = x, x², x³, chained through du/dx = 1, 2x, 3x²;
+    # c1..c3 hold the r³·mean(g·u) terms with the chain factors.
+    x2 = x * x
+    scale = (w2 * r1)[:, None] + (2.0 * w1 * r2)[:, None] * x + (3.0 * w0 * r3)[:, None] * x2
+    return dy * scale - x * (c1 + x2 * (c2 + c3 * x2))
 
 
 @triton.autotune(configs=_ROW_CONFIGS, key=["N", "BLOCK_N", "HAS_GATE"])
@@ -116,39 +194,60 @@ def _poly_norm_bwd_kernel(
     X, G, DOUT, W, B, RSTD, DX, DG, PART,
     stride_x, stride_g, stride_do, stride_dx, stride_dg,
     M, N,
-    BLOCK_N: tl.constexpr, HAS_GATE: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, HAS_GATE: tl.constexpr, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr,
 ):  # fmt: skip
     # Each row also writes its four terms of the weight and bias gradients to PART[row], so dw/db cost one
     # small (M, 4) sum afterwards instead of atomics, and every row is written once whatever BLOCK_M is.
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.arange(0, BLOCK_N)
     row_ok = rows < M
-    mask = row_ok[:, None] & (cols[None, :] < N)
-    x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    dy = tl.load(DOUT + rows[:, None] * stride_do + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    if HAS_GATE:
-        g = tl.load(G + rows[:, None] * stride_g + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     r1 = tl.load(RSTD + rows * 3, mask=row_ok, other=0.0)
     r2 = tl.load(RSTD + rows * 3 + 1, mask=row_ok, other=0.0)
     r3 = tl.load(RSTD + rows * 3 + 2, mask=row_ok, other=0.0)
     w0 = tl.load(W).to(tl.float32)
     w1 = tl.load(W + 1).to(tl.float32)
     w2 = tl.load(W + 2).to(tl.float32)
-    x2 = x * x
-    x3 = x2 * x
-    if HAS_GATE:
-        b = tl.load(B).to(tl.float32)
-        p = (w0 * r3)[:, None] * x3 + (w1 * r2)[:, None] * x2 + (w2 * r1)[:, None] * x + b
-        tl.store(DG + rows[:, None] * stride_dg + cols[None, :], (dy * p).to(DG.dtype.element_ty), mask=mask)
-        dy = dy * g
-    s1, s2, s3, sb = tl.reduce((dy * x, dy * x2, dy * x3, dy), 1, _add4)
-    # d/du Σ g·u·r = r·g − r³·u·mean(g·u) for each of u = x, x², x³, chained through du/dx = 1, 2x, 3x².
+    b = tl.load(B).to(tl.float32)
+    if CHUNK == 0:
+        cols = tl.arange(0, BLOCK_N)
+        mask = row_ok[:, None] & (cols[None, :] < N)
+        x, dy = _gated_dy(
+            X, G, DOUT, DG, stride_x, stride_g, stride_do, stride_dg, rows, cols, mask,
+            r1, r2, r3, w0, w1, w2, b, HAS_GATE, True,
+        )  # fmt: skip
+        x2 = x * x
+        s1, s2, s3, sb = tl.reduce((dy * x, dy * x2, dy * x2 * x, dy), 1, _add4)
+    else:
+        a1 = tl.zeros([BLOCK_M, CHUNK], tl.float32)
+        a2 = tl.zeros([BLOCK_M, CHUNK], tl.float32)
+        a3 = tl.zeros([BLOCK_M, CHUNK], tl.float32)
+        ab = tl.zeros([BLOCK_M, CHUNK], tl.float32)
+        for start in range(0, N, CHUNK):
+            cols = start + tl.arange(0, CHUNK)
+            x, dy = _gated_dy(
+                X, G, DOUT, DG, stride_x, stride_g, stride_do, stride_dg, rows, cols,
+                row_ok[:, None] & (cols[None, :] < N), r1, r2, r3, w0, w1, w2, b, HAS_GATE, True,
+            )  # fmt: skip
+            a1 += dy * x
+            a2 += dy * x * x
+            a3 += dy * x * x * x
+            ab += dy
+        s1, s2, s3, sb = tl.reduce((a1, a2, a3, ab), 1, _add4)
     c1 = (w2 * r1 * r1 * r1 * s1 / N)[:, None]
     c2 = (2.0 * w1 * r2 * r2 * r2 * s2 / N)[:, None]
     c3 = (3.0 * w0 * r3 * r3 * r3 * s3 / N)[:, None]
-    scale = (w2 * r1)[:, None] + (2.0 * w1 * r2)[:, None] * x + (3.0 * w0 * r3)[:, None] * x2
-    dx = dy * scale - x * (c1 + x2 * (c2 + c3 * x2))
-    tl.store(DX + rows[:, None] * stride_dx + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
+    if CHUNK == 0:
+        dx = _poly_dx(x, dy, c1, c2, c3, r1, r2, r3, w0, w1, w2)
+        tl.store(DX + rows[:, None] * stride_dx + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
+    else:
+        for start in range(0, N, CHUNK):
+            cols = start + tl.arange(0, CHUNK)
+            mask = row_ok[:, None] & (cols[None, :] < N)
+            x, dy = _gated_dy(
+                X, G, DOUT, DG, stride_x, stride_g, stride_do, stride_dg, rows, cols, mask,
+                r1, r2, r3, w0, w1, w2, b, HAS_GATE, False,
+            )  # fmt: skip
+            dx = _poly_dx(x, dy, c1, c2, c3, r1, r2, r3, w0, w1, w2)
+            tl.store(DX + rows[:, None] * stride_dx + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
     tl.store(PART + rows * 4, s3 * r3, mask=row_ok)
     tl.store(PART + rows * 4 + 1, s2 * r2, mask=row_ok)
     tl.store(PART + rows * 4 + 2, s1 * r1, mask=row_ok)

@@ -50,9 +50,27 @@ def test_triton_matches_reference_output_and_all_gradients(shape, dtype, gate, d
     _check_against_reference(shape, dtype, device, gate, rel_err)
 
 
+def _config_index(block_m: int, chunked: bool) -> int:
+    return next(
+        i
+        for i, c in enumerate(polynorm._ROW_CONFIGS)
+        if c.kwargs["BLOCK_M"] == block_m and (c.kwargs["CHUNK"] > 0) == chunked
+    )
+
+
 def test_two_rows_per_program_with_an_odd_row_count(device, rel_err):
-    with pinned_config(3):  # BLOCK_M = 2
+    with pinned_config(_config_index(2, chunked=False)):
         _check_against_reference((7, 37), torch.float32, device, True, rel_err)
+
+
+@pytest.mark.parametrize("gate", [False, True], ids=["poly_norm", "poly_norm_mul"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_rows_walked_in_chunks_with_a_ragged_last_chunk(dtype, gate, device, rel_err):
+    # Two rows a program, width 2,500 = two whole 1,024-wide chunks and a ragged third; odd row count.
+    chunk = polynorm._ROW_CONFIGS[_config_index(2, chunked=True)].kwargs["CHUNK"]
+    assert 2 * chunk < 2500 < 3 * chunk
+    with pinned_config(_config_index(2, chunked=True)):
+        _check_against_reference((3, 2500), dtype, device, gate, rel_err)
 
 
 def test_fp16_inputs(device, rel_err):

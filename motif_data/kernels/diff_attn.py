@@ -143,6 +143,7 @@ def _diff_attn_fwd_kernel(
     stride_qb, stride_qh, stride_qs,
     stride_kb, stride_kh, stride_ks,
     stride_vb, stride_vh, stride_vs,
+    stride_ob, stride_oh, stride_os,
     H, S, qk_scale,
     D: tl.constexpr, DV: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DV_SPLIT: tl.constexpr, BLOCK_DV: tl.constexpr,
@@ -192,9 +193,10 @@ def _diff_attn_fwd_kernel(
     o2 = acc2 / l2[:, None]
     out = acc1 / l1[:, None] - lam * o2
     row_ok = offs_m[:, None] < S
-    o_off = (bh.to(tl.int64) * S + offs_m[:, None]) * DV + offs_dv[None, :]
+    o_off = b * stride_ob + h * stride_oh + offs_m[:, None] * stride_os + offs_dv[None, :]
     tl.store(OUT + o_off, out.to(OUT.dtype.element_ty), mask=row_ok)
-    tl.store(OUT2 + o_off, o2.to(OUT2.dtype.element_ty), mask=row_ok)
+    o2_off = (bh.to(tl.int64) * S + offs_m[:, None]) * DV + offs_dv[None, :]
+    tl.store(OUT2 + o2_off, o2.to(OUT2.dtype.element_ty), mask=row_ok)
     if pid_dv == 0:
         lse_off = (bh.to(tl.int64) * S + offs_m) * 2
         tl.store(LSE + lse_off, m1 + tl.math.log2(l1), mask=offs_m < S)
@@ -203,16 +205,23 @@ def _diff_attn_fwd_kernel(
 
 @triton.jit
 def _diff_attn_bwd_delta_kernel(
-    OUT, OUT2, DO, LAM, DELTA, ROWS, DV: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_R: tl.constexpr
-):
+    OUT, OUT2, DO, LAM, DELTA,
+    stride_ob, stride_oh, stride_os,
+    stride_dob, stride_doh, stride_dos,
+    ROWS, H, S,
+    DV: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_R: tl.constexpr,
+):  # fmt: skip
     # δ1 = rowsum(dO ⊙ O1), δ2 = rowsum(dO ⊙ O2) with O1 = O + λ·O2: the softmax-backward row terms.
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.arange(0, BLOCK_DV)
     mask = (rows[:, None] < ROWS) & (cols[None, :] < DV)
-    off = rows[:, None].to(tl.int64) * DV + cols[None, :]
-    do = tl.load(DO + off, mask=mask, other=0.0).to(tl.float32)
-    o = tl.load(OUT + off, mask=mask, other=0.0).to(tl.float32)
-    o2 = tl.load(OUT2 + off, mask=mask, other=0.0).to(tl.float32)
+    r64 = rows.to(tl.int64)
+    b, h, s = r64 // (H * S), (r64 // S) % H, r64 % S
+    o_off = (b * stride_ob + h * stride_oh + s * stride_os)[:, None] + cols[None, :]
+    do_off = (b * stride_dob + h * stride_doh + s * stride_dos)[:, None] + cols[None, :]
+    do = tl.load(DO + do_off, mask=mask, other=0.0).to(tl.float32)
+    o = tl.load(OUT + o_off, mask=mask, other=0.0).to(tl.float32)
+    o2 = tl.load(OUT2 + r64[:, None] * DV + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     lam = tl.load(LAM).to(tl.float32)
     d2 = tl.sum(do * o2, 1)
     d1 = tl.sum(do * o, 1) + lam * d2
@@ -223,8 +232,8 @@ def _diff_attn_bwd_delta_kernel(
 @triton.jit
 def _bwd_kv_inner(
     dk1, dk2, dv, k1, k2, v, q1_ptrs, q2_ptrs, do_ptrs, LSE_BH, DELTA_BH, offs_n, lo, hi,
-    stride_qs, S, qk_scale, lam,
-    DV: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr, PREC: tl.constexpr,
+    stride_qs, stride_dos, S, qk_scale, lam,
+    BLOCK_M: tl.constexpr, MASKED: tl.constexpr, PREC: tl.constexpr, PART: tl.constexpr,
 ):  # fmt: skip
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -232,11 +241,9 @@ def _bwd_kv_inner(
         # Rows past S load as zeros (q, dO, lse, δ): their terms vanish, so only loads need the mask.
         q1 = tl.load(q1_ptrs + start_m * stride_qs, mask=row_ok[:, None], other=0.0)
         q2 = tl.load(q2_ptrs + start_m * stride_qs, mask=row_ok[:, None], other=0.0)
-        do = tl.load(do_ptrs + start_m * DV, mask=row_ok[:, None], other=0.0)
+        do = tl.load(do_ptrs + start_m * stride_dos, mask=row_ok[:, None], other=0.0)
         lse1 = tl.load(LSE_BH + offs_m * 2, mask=row_ok, other=0.0)
         lse2 = tl.load(LSE_BH + offs_m * 2 + 1, mask=row_ok, other=0.0)
-        d1 = tl.load(DELTA_BH + offs_m * 2, mask=row_ok, other=0.0)
-        d2 = tl.load(DELTA_BH + offs_m * 2 + 1, mask=row_ok, other=0.0)
         # Transposed scores (BLOCK_N, BLOCK_M): this program owns the keys.
         p1 = tl.math.exp2(_dot(k1, tl.trans(q1), PREC) * qk_scale - lse1[None, :])
         p2 = tl.math.exp2(_dot(k2, tl.trans(q2), PREC) * qk_scale - lse2[None, :])
@@ -244,24 +251,33 @@ def _bwd_kv_inner(
             valid = offs_m[None, :] >= offs_n[:, None]
             p1 = tl.where(valid, p1, 0.0)
             p2 = tl.where(valid, p2, 0.0)
-        dv += _dot((p1 - lam * p2).to(do.dtype), do, PREC)
-        dp = _dot(v, tl.trans(do), PREC)
-        ds1 = p1 * (dp - d1[None, :])
-        ds2 = (-lam) * p2 * (dp - d2[None, :])
-        dk1 += _dot(ds1.to(q1.dtype), q1, PREC)
-        dk2 += _dot(ds2.to(q2.dtype), q2, PREC)
+        if PART == "dv":
+            dv += _dot((p1 - lam * p2).to(do.dtype), do, PREC)
+        else:
+            d1 = tl.load(DELTA_BH + offs_m * 2, mask=row_ok, other=0.0)
+            d2 = tl.load(DELTA_BH + offs_m * 2 + 1, mask=row_ok, other=0.0)
+            dp = _dot(v, tl.trans(do), PREC)
+            ds1 = p1 * (dp - d1[None, :])
+            ds2 = (-lam) * p2 * (dp - d2[None, :])
+            dk1 += _dot(ds1.to(q1.dtype), q1, PREC)
+            dk2 += _dot(ds2.to(q2.dtype), q2, PREC)
     return dk1, dk2, dv
 
 
-@triton.autotune(configs=_BWD_KV_CONFIGS, key=["S", "D", "DV", "CAUSAL", "PREC"])
+# One key block a program, launched twice: PART "dk" accumulates dK1 and dK2, PART "dv" accumulates dV. One launch
+# doing all three would hold BLOCK_N × (2·D + Dv) fp32 accumulators (512 wide at D = 128, Dv = 256), which spills
+# registers; the split recomputes both maps' probabilities once more but each launch holds half as much, and
+# runs 1.3× faster in all (H100, B = 4, S = 4,096: fwd+bwd 5.66 → 4.38 ms).
+@triton.autotune(configs=_BWD_KV_CONFIGS, key=["S", "D", "DV", "CAUSAL", "PREC", "PART"])
 @triton.jit
 def _diff_attn_bwd_kv_kernel(
     Q, K, V, DO, LAM, LSE, DELTA, DK, DVAL,
     stride_qb, stride_qh, stride_qs,
     stride_kb, stride_kh, stride_ks,
     stride_vb, stride_vh, stride_vs,
+    stride_dob, stride_doh, stride_dos,
     H, S, qk_scale, sm_scale,
-    D: tl.constexpr, DV: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr,
+    D: tl.constexpr, DV: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr, PART: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     qk_scale, sm_scale = (
@@ -292,7 +308,7 @@ def _diff_attn_bwd_kv_kernel(
     q_off = offs_m[:, None] * stride_qs + offs_d[None, :]
     q1_ptrs = q_base + q_off
     q2_ptrs = q_base + stride_qh + q_off
-    do_ptrs = DO + bh64 * S * DV + offs_m[:, None] * DV + offs_dv[None, :]
+    do_ptrs = DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dos + offs_dv[None, :]
     lse_bh = LSE + bh64 * S * 2
     delta_bh = DELTA + bh64 * S * 2
     lam = tl.load(LAM).to(tl.float32)
@@ -306,20 +322,21 @@ def _diff_attn_bwd_kv_kernel(
         mid = lo + ((start_n + BLOCK_N - lo + BLOCK_M - 1) // BLOCK_M) * BLOCK_M
         dk1, dk2, dv = _bwd_kv_inner(
             dk1, dk2, dv, k1, k2, v, q1_ptrs, q2_ptrs, do_ptrs, lse_bh, delta_bh, offs_n, lo, mid,
-            stride_qs, S, qk_scale, lam, DV, BLOCK_M, True, PREC,
+            stride_qs, stride_dos, S, qk_scale, lam, BLOCK_M, True, PREC, PART,
         )  # fmt: skip
     else:
         mid = 0
     dk1, dk2, dv = _bwd_kv_inner(
         dk1, dk2, dv, k1, k2, v, q1_ptrs, q2_ptrs, do_ptrs, lse_bh, delta_bh, offs_n, mid, S,
-        stride_qs, S, qk_scale, lam, DV, BLOCK_M, False, PREC,
+        stride_qs, stride_dos, S, qk_scale, lam, BLOCK_M, False, PREC, PART,
     )  # fmt: skip
-    dk_off = ((b * 2 * H + 2 * h) * S + offs_n[:, None]) * D + offs_d[None, :]
-    tl.store(DK + dk_off, (dk1 * sm_scale).to(DK.dtype.element_ty), mask=n_ok)
-    tl.store(DK + dk_off + S * D, (dk2 * sm_scale).to(DK.dtype.element_ty), mask=n_ok)
-    tl.store(
-        DVAL + (bh64 * S + offs_n[:, None]) * DV + offs_dv[None, :], dv.to(DVAL.dtype.element_ty), mask=n_ok
-    )
+    if PART == "dk":
+        dk_off = ((b * 2 * H + 2 * h) * S + offs_n[:, None]) * D + offs_d[None, :]
+        tl.store(DK + dk_off, (dk1 * sm_scale).to(DK.dtype.element_ty), mask=n_ok)
+        tl.store(DK + dk_off + S * D, (dk2 * sm_scale).to(DK.dtype.element_ty), mask=n_ok)
+    else:
+        dv_off = (bh64 * S + offs_n[:, None]) * DV + offs_dv[None, :]
+        tl.store(DVAL + dv_off, dv.to(DVAL.dtype.element_ty), mask=n_ok)
 
 
 @triton.jit
@@ -362,6 +379,7 @@ def _diff_attn_bwd_q_kernel(
     stride_qb, stride_qh, stride_qs,
     stride_kb, stride_kh, stride_ks,
     stride_vb, stride_vh, stride_vs,
+    stride_dob, stride_doh, stride_dos,
     H, S, qk_scale, sm_scale,
     D: tl.constexpr, DV: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -384,7 +402,8 @@ def _diff_attn_bwd_q_kernel(
     q_off = offs_m[:, None] * stride_qs + offs_d[None, :]
     q1 = tl.load(q_base + q_off, mask=m_ok[:, None], other=0.0)
     q2 = tl.load(q_base + stride_qh + q_off, mask=m_ok[:, None], other=0.0)
-    do = tl.load(DO + (bh64 * S + offs_m[:, None]) * DV + offs_dv[None, :], mask=m_ok[:, None], other=0.0)
+    do_off = b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dos + offs_dv[None, :]
+    do = tl.load(DO + do_off, mask=m_ok[:, None], other=0.0)
     lse1 = tl.load(LSE + (bh64 * S + offs_m) * 2, mask=m_ok, other=0.0)
     lse2 = tl.load(LSE + (bh64 * S + offs_m) * 2 + 1, mask=m_ok, other=0.0)
     d1 = tl.load(DELTA + (bh64 * S + offs_m) * 2, mask=m_ok, other=0.0)
@@ -435,8 +454,10 @@ class _DiffAttnFn(torch.autograd.Function):
         bsz, two_h, seq, d = q.shape
         heads, dv = two_h // 2, v.shape[-1]
         lam = lambda_.detach().float().reshape(1)
-        out = torch.empty((bsz, heads, seq, dv), dtype=v.dtype, device=v.device)
-        o2 = torch.empty_like(out)
+        # O is laid out (B, S, H, Dv) and returned as a (B, H, S, Dv) view: the model's next step reads it as
+        # (B, S, H·Dv), which then needs no transposing copy. O2 (kept for the backward only) is plain.
+        out = torch.empty((bsz, seq, heads, dv), dtype=v.dtype, device=v.device).transpose(1, 2)
+        o2 = torch.empty((bsz, heads, seq, dv), dtype=v.dtype, device=v.device)
         lse = torch.empty((bsz, heads, seq, 2), dtype=torch.float32, device=v.device)
         prec = "ieee" if q.dtype == torch.float32 else ("upcast" if interpreting() else "tf32")
 
@@ -446,7 +467,7 @@ class _DiffAttnFn(torch.autograd.Function):
         launch(
             _diff_attn_fwd_kernel, grid,
             q, k, v, lam, out, o2, lse,
-            *_strides(q), *_strides(k), *_strides(v),
+            *_strides(q), *_strides(k), *_strides(v), *_strides(out),
             heads, seq, sm_scale * _LOG2E,
             D=d, DV=dv, CAUSAL=causal, PREC=prec,
         )  # fmt: skip
@@ -460,24 +481,28 @@ class _DiffAttnFn(torch.autograd.Function):
         q, k, v, lam, out, o2, lse = ctx.saved_tensors
         bsz, two_h, seq, d = q.shape
         heads, dv = two_h // 2, v.shape[-1]
-        dout = dout.contiguous()
+        dout = _last_dim_contiguous(dout)
         delta = torch.empty_like(lse)
         rows = bsz * heads * seq
         block_r = 16
-        launch_plain = _diff_attn_bwd_delta_kernel[(triton.cdiv(rows, block_r),)]
-        launch_plain(
-            out, o2, dout, lam, delta, rows, DV=dv, BLOCK_DV=triton.next_power_of_2(dv), BLOCK_R=block_r
-        )
+        _diff_attn_bwd_delta_kernel[(triton.cdiv(rows, block_r),)](
+            out, o2, dout, lam, delta, *_strides(out), *_strides(dout), rows, heads, seq,
+            DV=dv, BLOCK_DV=triton.next_power_of_2(dv), BLOCK_R=block_r,
+        )  # fmt: skip
         dq = torch.empty((bsz, two_h, seq, d), dtype=q.dtype, device=q.device)
         dk = torch.empty((bsz, two_h, seq, d), dtype=k.dtype, device=k.device)
         dval = torch.empty((bsz, heads, seq, dv), dtype=v.dtype, device=v.device)
         common = dict(D=d, DV=dv, CAUSAL=ctx.causal, PREC=ctx.prec)
-        args = (*_strides(q), *_strides(k), *_strides(v), heads, seq, ctx.sm_scale * _LOG2E, ctx.sm_scale)
-        launch(
-            _diff_attn_bwd_kv_kernel,
-            lambda meta: (triton.cdiv(seq, meta["BLOCK_N"]), bsz * heads),
-            q, k, v, dout, lam, lse, delta, dk, dval, *args, **common,
+        args = (
+            *_strides(q), *_strides(k), *_strides(v), *_strides(dout),
+            heads, seq, ctx.sm_scale * _LOG2E, ctx.sm_scale,
         )  # fmt: skip
+        for part in ("dk", "dv"):
+            launch(
+                _diff_attn_bwd_kv_kernel,
+                lambda meta: (triton.cdiv(seq, meta["BLOCK_N"]), bsz * heads),
+                q, k, v, dout, lam, lse, delta, dk, dval, *args, **common, PART=part,
+            )  # fmt: skip
         launch(
             _diff_attn_bwd_q_kernel,
             lambda meta: (triton.cdiv(seq, meta["BLOCK_M"]), bsz * heads),

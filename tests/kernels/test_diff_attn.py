@@ -49,6 +49,25 @@ def test_triton_matches_two_sdpa_reference_output_and_all_gradients(seq, causal,
         assert rel_err(g_got, g_want) < TOL[dtype], f"grad of {name}"
 
 
+def test_model_layouts_output_needs_no_copy_and_strided_grads_are_read(device, rel_err):
+    # The model passes V as a (B, S, H, Dv) projection viewed as (B, H, S, Dv) and reads O back the same way,
+    # so O's memory must be (B, S, H, Dv) order and dO arrives in that order too.
+    b, h, s, d, dv = 2, 2, 37, 16, 32
+    q, k, _, lam = _inputs(b, h, s, d, dv, torch.float32, device)
+    v_bshd = torch.randn(b, s, h, dv, generator=torch.Generator().manual_seed(2)).to(device)
+    v = v_bshd.requires_grad_().transpose(1, 2)
+    out = diff_attn._DiffAttnFn.apply(q, k, v, lam, True, 1.0 / math.sqrt(d))
+    assert out.transpose(1, 2).is_contiguous()
+    dout = torch.randn(b, s, h, dv, generator=torch.Generator().manual_seed(3)).to(device).transpose(1, 2)
+    got = torch.autograd.grad(out, (q, k, v_bshd, lam), dout)
+    ref_in = [t.detach().double().cpu().requires_grad_() for t in (q, k, v_bshd, lam)]
+    ref = reference_diff_attention(ref_in[0], ref_in[1], ref_in[2].transpose(1, 2), ref_in[3])
+    want = torch.autograd.grad(ref, ref_in, dout.double().cpu())
+    assert rel_err(out, ref) < 1e-5
+    for name, g_got, g_want in zip(("q", "k", "v", "lambda"), got, want, strict=True):
+        assert rel_err(g_got, g_want) < 1e-5, f"grad of {name}"
+
+
 def test_first_causal_rows_attend_only_to_the_past(device, rel_err):
     out, ref, _, _, v = _run_triton_and_reference((1, 2, 40, 16, 32), torch.float32, True, device)
     # Row 0 sees key 0 only: both softmax maps are 1 there, so out_0 = (1 − λ)·v_0.

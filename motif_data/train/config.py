@@ -18,7 +18,10 @@ __all__ = ["ModelConfig", "TrainConfig", "PRESETS", "load_config", "config_from_
 @dataclass(frozen=True)
 class ModelConfig:
     """A Motif-style decoder. ``n_heads`` counts heads as Motif does: pairs of them form ``n_heads // 2``
-    differential heads, each with two query/key maps of ``head_dim`` and one value of ``2 * head_dim``."""
+    differential heads, each with two query/key maps of ``head_dim`` and one value of ``2 * head_dim``.
+
+    ``attention = "standard"`` (``n_heads`` softmax heads of ``head_dim``) and ``mlp = "swiglu"`` give the
+    conventional decoder with the same parameter count, the baseline of an architecture comparison."""
 
     n_layers: int
     d_model: int
@@ -27,15 +30,18 @@ class ModelConfig:
     ffn_dim: int
     vocab_size: int | None = None  # None: sized by the corpus manifest's tokenizer
     rope_base: float = 10_000.0
+    max_seq_len: int = 4096  # the RoPE tables' length (Motif-2.6B pre-trains at 4,096)
     norm_eps: float = 1e-6
     init_std: float = 0.02
+    attention: str = "differential"  # differential | standard
+    mlp: str = "polynorm"  # polynorm (PolyNorm(gate) ⊙ up) | swiglu (SiLU(gate) ⊙ up)
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("n_layers", "d_model", "n_heads", "head_dim", "ffn_dim"):
+        for name in ("n_layers", "d_model", "n_heads", "head_dim", "ffn_dim", "max_seq_len"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
                 problems.append(f"model.{name} must be a positive integer, got {getattr(self, name)!r}")
-        if isinstance(self.n_heads, int) and self.n_heads % 2:
+        if isinstance(self.n_heads, int) and self.n_heads % 2 and self.attention == "differential":
             problems.append(f"model.n_heads must be even (pairs form differential heads), got {self.n_heads}")
         if self.vocab_size is not None and (not isinstance(self.vocab_size, int) or self.vocab_size < 2):
             problems.append(f"model.vocab_size must be an integer >= 2 or absent, got {self.vocab_size!r}")
@@ -45,6 +51,10 @@ class ModelConfig:
             problems.append(f"model.norm_eps must be in (0, 1), got {self.norm_eps!r}")
         if not self.init_std > 0:
             problems.append(f"model.init_std must be > 0, got {self.init_std!r}")
+        if self.attention not in ("differential", "standard"):
+            problems.append(f"model.attention must be 'differential' or 'standard', got {self.attention!r}")
+        if self.mlp not in ("polynorm", "swiglu"):
+            problems.append(f"model.mlp must be 'polynorm' or 'swiglu', got {self.mlp!r}")
         if problems:
             raise ValueError("invalid model config:\n  " + "\n  ".join(problems))
 
@@ -156,6 +166,11 @@ class TrainConfig:
                 problems.append(f"train.{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
         if self.peak_tflops is not None and not self.peak_tflops > 0:
             problems.append(f"train.peak_tflops must be > 0 or absent, got {self.peak_tflops!r}")
+        if isinstance(self.seq_len, int) and self.seq_len > self.model.max_seq_len:
+            problems.append(
+                f"train.seq_len {self.seq_len} exceeds model.max_seq_len {self.model.max_seq_len}: "
+                f"raise max_seq_len in [model]"
+            )
         if not problems and self.warmup_steps + round(self.decay_fraction * self.steps) > self.steps:
             problems.append(
                 f"train.warmup_steps ({self.warmup_steps}) + decay ({self.decay_fraction} × {self.steps} steps) "

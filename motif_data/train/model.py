@@ -40,26 +40,37 @@ class RMSNorm(nn.Module):
 
 
 class Rotary(nn.Module):
-    """RoPE tables for positions 0..S-1; ``set_base`` is the hook for Motif's 10k → 500k long-context switch."""
+    """RoPE tables for positions 0..max_seq_len-1; ``set_base`` is the hook for Motif's 10k → 500k long-context
+    switch. The cos/sin tables are built once per base and sliced per call: rebuilt inside the step, torch.compile
+    fuses them into the rotation and pays a sine and a cosine for every element of q and k."""
 
-    def __init__(self, head_dim: int, base: float):
+    def __init__(self, head_dim: int, base: float, max_seq_len: int):
         super().__init__()
         self.head_dim = head_dim
-        self.register_buffer("inv_freq", self._inv_freq(base), persistent=False)
+        self.max_seq_len = max_seq_len
         self.base = base
+        cos, sin = self._tables(base)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
 
-    def _inv_freq(self, base: float) -> torch.Tensor:
-        return 1.0 / (base ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim))
+    def _tables(self, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+        inv_freq = 1.0 / (base ** (torch.arange(0, self.head_dim, 2, dtype=torch.float64) / self.head_dim))
+        angles = torch.outer(torch.arange(self.max_seq_len, dtype=torch.float64), inv_freq)
+        return angles.cos().float(), angles.sin().float()
 
     def set_base(self, base: float) -> None:
         if base != self.base:
-            self.inv_freq.copy_(self._inv_freq(base))
+            cos, sin = self._tables(base)
+            self.cos.copy_(cos)
+            self.sin.copy_(sin)
             self.base = base
 
     def forward(self, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-        t = torch.arange(seq_len, device=self.inv_freq.device, dtype=torch.float32)
-        angles = torch.outer(t, self.inv_freq)
-        return angles.cos(), angles.sin()
+        if seq_len > self.max_seq_len:
+            raise ValueError(
+                f"sequence of {seq_len} tokens is longer than model.max_seq_len {self.max_seq_len}: raise it"
+            )
+        return self.cos[:seq_len], self.sin[:seq_len]
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -72,7 +83,8 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 class Attention(nn.Module):
     """Differential attention: ``n_heads`` query/key maps pair up into ``n_heads // 2`` heads, each
-    ``(softmax(Q1K1ᵀ) − λ softmax(Q2K2ᵀ)) V`` with V of width ``2 * head_dim``, then per-head RMSNorm."""
+    ``(softmax(Q1K1ᵀ) − λ softmax(Q2K2ᵀ)) V`` with V of width ``2 * head_dim``, then per-head RMSNorm.
+    With ``cfg.attention == "standard"``: ``n_heads`` causal softmax heads of ``head_dim`` (the baseline)."""
 
     def __init__(self, cfg: ModelConfig, layer_idx: int, reference: bool):
         super().__init__()
@@ -82,37 +94,49 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(cfg.d_model, width, bias=False)
         self.v_proj = nn.Linear(cfg.d_model, width, bias=False)
         self.o_proj = nn.Linear(width, cfg.d_model, bias=False)
-        self.diff = DifferentialAttention(layer_idx, cfg.diff_heads, cfg.head_dim, eps=cfg.norm_eps)
+        self.diff = (
+            DifferentialAttention(layer_idx, cfg.diff_heads, cfg.head_dim, eps=cfg.norm_eps)
+            if cfg.attention == "differential"
+            else None
+        )
         self.reference = reference
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         B, S, _ = x.shape
         q = self.q_proj(x).view(B, S, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, S, self.n_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(B, S, self.n_heads // 2, 2 * self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if self.diff is None:
+            v = self.v_proj(x).view(B, S, self.n_heads, self.head_dim).transpose(1, 2)
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return self.o_proj(out.transpose(1, 2).reshape(B, S, -1))
+        v = self.v_proj(x).view(B, S, self.n_heads // 2, 2 * self.head_dim).transpose(1, 2)
         # The kernels' DifferentialAttention holds λ and the sub-layer norm; which attention op runs is ours
         # to choose, so that one run can time the Triton kernel against the two-SDPA reference.
         attend = reference_diff_attention if self.reference else diff_attention
-        out = attend(q, k, v, self.diff.lambda_full())
+        # (B, S, H, Dv) is the kernel's memory order: the norm and the reshape below then copy nothing.
+        out = attend(q, k, v, self.diff.lambda_full()).transpose(1, 2)
         norm = self.diff.subln
         out = F.rms_norm(out, (out.shape[-1],), norm.weight.to(out.dtype), norm.eps)
         out = out * (1.0 - self.diff.lambda_init)
-        return self.o_proj(out.transpose(1, 2).reshape(B, S, -1))
+        return self.o_proj(out.reshape(B, S, -1))
 
 
 class MLP(nn.Module):
-    """Motif's gated MLP: ``down(PolyNorm(gate(x)) ⊙ up(x))``."""
+    """Motif's gated MLP: ``down(PolyNorm(gate(x)) ⊙ up(x))``; with ``cfg.mlp == "swiglu"`` the baseline
+    ``down(SiLU(gate(x)) ⊙ up(x))``."""
 
     def __init__(self, cfg: ModelConfig, reference: bool):
         super().__init__()
         self.gate = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=False)
         self.up = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=False)
         self.down = nn.Linear(cfg.ffn_dim, cfg.d_model, bias=False)
-        self.act = PolyNorm(eps=cfg.norm_eps)
+        self.act = PolyNorm(eps=cfg.norm_eps) if cfg.mlp == "polynorm" else None
         self.poly_norm_mul = reference_poly_norm_mul if reference else poly_norm_mul
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.act is None:
+            return self.down(F.silu(self.gate(x)) * self.up(x))
         gated = self.poly_norm_mul(self.gate(x), self.up(x), self.act.weight, self.act.bias, self.act.eps)
         return self.down(gated)
 
@@ -140,7 +164,7 @@ class Motif(nn.Module):
             raise ValueError("model.vocab_size is unset: take it from the corpus manifest's tokenizer first")
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.rotary = Rotary(cfg.head_dim, cfg.rope_base)
+        self.rotary = Rotary(cfg.head_dim, cfg.rope_base, cfg.max_seq_len)
         self.blocks = nn.ModuleList(Block(cfg, i + 1, reference_kernels) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.linear_cross_entropy = (
@@ -195,12 +219,14 @@ def flops_per_token(cfg: ModelConfig, seq_len: int, *, causal: bool = True) -> f
 
     Matrix products: 6 × (weights of every projection + the tied output head). Attention per layer and token,
     forward: both softmax maps' ``QKᵀ`` (2 · S · n_heads · head_dim) and both maps times V — the differential
-    head's extra map — (2 · 2 · S · n_heads/2 · 2·head_dim). Causal attention does half of that work.
+    head's extra map — (2 · 2 · S · n_heads/2 · 2·head_dim); standard attention: ``QKᵀ`` and one map times V
+    (2 · 2 · S · n_heads · head_dim). Causal attention does half of that work.
     """
     width = cfg.n_heads * cfg.head_dim
     matmul_weights = cfg.n_layers * (4 * cfg.d_model * width + 3 * cfg.d_model * cfg.ffn_dim)
     matmul_weights += cfg.vocab_size * cfg.d_model
-    attention_forward = cfg.n_layers * (2 * seq_len * width + 4 * seq_len * width)
+    maps_times_v = 4 * seq_len * width if cfg.attention == "differential" else 2 * seq_len * width
+    attention_forward = cfg.n_layers * (2 * seq_len * width + maps_times_v)
     if causal:
         attention_forward /= 2
     return 6 * matmul_weights + 3 * attention_forward

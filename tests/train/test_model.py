@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from motif_data.train.config import PRESETS, ModelConfig
@@ -43,26 +44,43 @@ def test_output_head_is_tied_to_the_embedding():
     assert not any(p is not model.embed.weight and p.shape == (300, 32) for p in model.parameters())
 
 
-def test_flops_per_token_matches_torch_flop_counter_on_reference_ops():
-    # The reference ops are plain matmuls and two SDPA calls per layer, which FlopCounterMode counts
-    # without regard to the causal mask: compare with our count of full attention.
-    model = Motif(SMALL_VOCAB, reference_kernels=True)
+BASELINE = dataclasses.replace(SMALL_VOCAB, attention="standard", mlp="swiglu")
+
+
+@pytest.mark.parametrize("cfg, maps_times_v", [(SMALL_VOCAB, 4), (BASELINE, 2)], ids=["motif", "baseline"])
+def test_flops_per_token_matches_torch_flop_counter_on_reference_ops(cfg, maps_times_v):
+    # The reference ops are plain matmuls and SDPA calls (two per differential layer), which FlopCounterMode
+    # counts without regard to the causal mask: compare with our count of full attention.
+    model = Motif(cfg, reference_kernels=True)
     batch, seq = 2, 16
     ids = torch.randint(0, 300, (batch, seq + 1))
-    with FlopCounterMode(display=False) as counter:
+    # The math backend runs SDPA as matmuls the counter sees (CPU flash attention has no FLOP formula).
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         model(ids[:, :-1], ids[:, 1:]).mean().backward()
-    assert counter.get_total_flops() == flops_per_token(SMALL_VOCAB, seq, causal=False) * batch * seq
-    causal = flops_per_token(SMALL_VOCAB, seq)
+    assert counter.get_total_flops() == flops_per_token(cfg, seq, causal=False) * batch * seq
+    causal = flops_per_token(cfg, seq)
     # Causal attention does half the attention work: the difference is exactly half the attention term.
-    full = flops_per_token(SMALL_VOCAB, seq, causal=False)
-    attention = 3 * SMALL_VOCAB.n_layers * 6 * seq * SMALL_VOCAB.n_heads * SMALL_VOCAB.head_dim
+    full = flops_per_token(cfg, seq, causal=False)
+    attention = 3 * cfg.n_layers * (2 + maps_times_v) * seq * cfg.n_heads * cfg.head_dim
     assert full - causal == attention / 2
 
 
-@pytest.mark.parametrize("reference", [False, True])
-def test_model_is_causal(reference):
+def test_baseline_has_the_same_parameter_count_less_the_motif_only_vectors():
+    motif, baseline = Motif(SMALL_VOCAB), Motif(BASELINE)
+    # Differential attention adds four λ vectors of head_dim and a sub-layer norm of 2·head_dim per layer;
+    # PolyNorm adds 3 weights and a bias per layer. Everything else is shared shape for shape.
+    extra = SMALL_VOCAB.n_layers * (4 * SMALL_VOCAB.head_dim + 2 * SMALL_VOCAB.head_dim + 4)
+    assert count_parameters(motif) - count_parameters(baseline) == extra
+
+
+@pytest.mark.parametrize(
+    "cfg, reference",
+    [(SMALL_VOCAB, False), (SMALL_VOCAB, True), (BASELINE, False)],
+    ids=["motif", "motif-reference", "baseline"],
+)
+def test_model_is_causal(cfg, reference):
     torch.manual_seed(0)
-    model = Motif(SMALL_VOCAB, reference_kernels=reference)
+    model = Motif(cfg, reference_kernels=reference)
     ids = torch.randint(0, 300, (2, 20))
     changed = ids.clone()
     changed[:, 12:] = torch.randint(0, 300, (2, 8))
@@ -88,6 +106,8 @@ def test_rotary_matches_complex_rotation_and_base_switch_changes_it():
         )
         torch.testing.assert_close(got, torch.cat([z.real, z.imag], dim=-1).float(), rtol=1e-5, atol=1e-5)
     assert model.rotary.base == 500_000.0
+    with pytest.raises(ValueError, match="max_seq_len"):
+        model.rotary(SMALL_VOCAB.max_seq_len + 1)
 
 
 def test_model_without_vocab_size_asks_for_it():

@@ -54,3 +54,12 @@ def test_unknown_preset_and_missing_file_say_what_to_do(tmp_path):
         load_config(path)
     with pytest.raises(FileNotFoundError, match="configs/tiny.toml"):
         load_config(tmp_path / "missing.toml")
+
+
+def test_sequences_longer_than_the_rope_tables_fail_at_load(tmp_path):
+    path = tmp_path / "long.toml"
+    path.write_text('[model]\npreset = "tiny"\nmax_seq_len = 512\n[train]\nseq_len = 1024\n')
+    with pytest.raises(ValueError, match="seq_len 1024 exceeds model.max_seq_len 512"):
+        load_config(path)
+    path.write_text('[model]\npreset = "tiny"\nmax_seq_len = 1024\n[train]\nseq_len = 1024\n')
+    assert load_config(path).model.max_seq_len == 1024

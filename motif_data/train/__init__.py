@@ -19,6 +19,7 @@ __all__ = [
     "flops_per_token",
     "train",
     "plot_losses",
+    "plot_comparison",
 ]
 
 _WHERE = {
@@ -30,6 +31,7 @@ _WHERE = {
     "flops_per_token": "model",
     "train": "loop",
     "plot_losses": "plot",
+    "plot_comparison": "plot",
 }
 
 

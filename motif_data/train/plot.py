@@ -1,4 +1,4 @@
-"""The loss curve of a run, one line per domain, drawn from its ``metrics.jsonl`` into a PNG."""
+"""Loss curves drawn from ``metrics.jsonl`` files into PNGs: one run per domain, or several runs side by side."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 from motif_data import DOMAINS
 
-__all__ = ["plot_losses"]
+__all__ = ["plot_losses", "plot_comparison"]
 
 
 def _smooth(values: list[float], window: int) -> list[float]:
@@ -21,6 +21,15 @@ def _smooth(values: list[float], window: int) -> list[float]:
     return out
 
 
+def _records(metrics_path: str | os.PathLike) -> list[dict]:
+    records = [
+        json.loads(line) for line in Path(metrics_path).read_text(encoding="utf-8").split("\n") if line
+    ]
+    if not records:
+        raise ValueError(f"{metrics_path} holds no steps: train at least one step before plotting")
+    return records
+
+
 def plot_losses(metrics_path: str | os.PathLike, png_path: str | os.PathLike, title: str = "") -> Path:
     """Per-domain training loss against tokens seen (moving average over ~2 % of the steps) and the overall
     loss in black; written atomically."""
@@ -30,11 +39,7 @@ def plot_losses(metrics_path: str | os.PathLike, png_path: str | os.PathLike, ti
 
     plt = pyplot()
 
-    records = [
-        json.loads(line) for line in Path(metrics_path).read_text(encoding="utf-8").split("\n") if line
-    ]
-    if not records:
-        raise ValueError(f"{metrics_path} holds no steps: train at least one step before plotting")
+    records = _records(metrics_path)
     window = max(1, len(records) // 50)
     fig, ax = plt.subplots(figsize=(10, 5.5), dpi=120)
     colors = plt.get_cmap("tab10")
@@ -55,5 +60,52 @@ def plot_losses(metrics_path: str | os.PathLike, png_path: str | os.PathLike, ti
     ax.set_title(f"Training loss per domain{run} ({len(records)} steps{smoothing})")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, title="domain")
+    save_png(fig, png_path, dpi=None)
+    return Path(png_path)
+
+
+def plot_comparison(
+    runs: dict[str, str | os.PathLike], png_path: str | os.PathLike, title: str = "", tail: float = 0.1
+) -> Path:
+    """Runs trained on the same tokens, side by side: the overall loss against tokens (left) and each domain's
+    mean loss over the last ``tail`` of the steps (right); written atomically."""
+    import matplotlib.ticker
+
+    from motif_data.figures import pyplot, save_png
+
+    plt = pyplot()
+    records = {label: _records(path) for label, path in runs.items()}
+    fig, (curves, domains) = plt.subplots(
+        1, 2, figsize=(14, 5.5), dpi=120, gridspec_kw={"width_ratios": [3, 2]}
+    )
+    colors = plt.get_cmap("tab10")
+    for i, (label, recs) in enumerate(records.items()):
+        window = max(1, len(recs) // 50)
+        curves.plot(
+            [r["tokens"] for r in recs],
+            _smooth([r["loss"] for r in recs], window),
+            color=colors(i),
+            label=label,
+        )
+    curves.xaxis.set_major_formatter(matplotlib.ticker.EngFormatter())
+    curves.set_xlabel("training tokens")
+    curves.set_ylabel("cross-entropy loss (nats/token, moving average)")
+    curves.set_title(f"Training loss{f' — {title}' if title else ''}")
+    curves.grid(True, alpha=0.3)
+    curves.legend()
+
+    # Dots, not bars: the losses sit far from zero and bars would hide the gaps between runs.
+    for i, (label, recs) in enumerate(records.items()):
+        last = recs[-max(1, round(len(recs) * tail)) :]
+        means = []
+        for domain in DOMAINS:
+            values = [r["domain_loss"][domain] for r in last if domain in r["domain_loss"]]
+            means.append(sum(values) / len(values) if values else float("nan"))
+        domains.plot(range(len(DOMAINS)), means, "o", markersize=8, color=colors(i), label=label)
+    domains.set_xticks(range(len(DOMAINS)), DOMAINS, rotation=30, ha="right")
+    domains.set_xlim(-0.5, len(DOMAINS) - 0.5)
+    domains.set_ylabel("mean loss (nats/token)")
+    domains.set_title(f"Per domain, last {tail:.0%} of the steps")
+    domains.grid(True, alpha=0.3)
     save_png(fig, png_path, dpi=None)
     return Path(png_path)

@@ -1,0 +1,87 @@
+"""Equal-token comparison: Motif's blocks (differential attention + PolyNorm-gated MLP) against the conventional
+decoder of the same size (softmax attention + SwiGLU), trained on the same corpus, mixture, schedule and order.
+
+    PYTHONPATH=. python benchmarks/bench_arch.py --config configs/small.toml --corpus PATH/manifest.json \\
+        --out runs/arch
+
+Writes ``<out>/<variant>/metrics.jsonl`` for each and ``<out>/arch.png`` (loss curves and per-domain losses),
+and prints final losses, speed and MFU of both from the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+from motif_data import DOMAINS
+from motif_data.train.config import load_config
+from motif_data.train.loop import train
+from motif_data.train.plot import plot_comparison
+
+VARIANTS = {
+    "Motif (differential attention + PolyNorm)": {"attention": "differential", "mlp": "polynorm"},
+    "baseline (softmax attention + SwiGLU)": {"attention": "standard", "mlp": "swiglu"},
+}
+
+
+def _tail_mean(records: list[dict], key, fraction: float = 0.1) -> float:
+    last = records[-max(1, round(len(records) * fraction)) :]
+    values = [v for v in (key(r) for r in last) if v is not None]
+    return sum(values) / len(values) if values else float("nan")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=Path, default=Path("configs/small.toml"))
+    parser.add_argument("--corpus", type=Path, required=True, help="manifest.json of a built corpus")
+    parser.add_argument("--out", type=Path, required=True, help="directory for both runs and the PNG")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the config's)")
+    args = parser.parse_args()
+
+    base = load_config(args.config)
+    base = base.replace(steps=args.steps or base.steps, save_checkpoints=False)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu, load {os.getloadavg()}"
+    print(f"device: {device}; torch {torch.__version__}; python {platform.python_version()}")
+    print(
+        f"config: {args.config} ({base.preset}), {base.steps} steps × {base.tokens_per_step_per_rank:,} tokens"
+    )
+    summaries, records = {}, {}
+    for label, arch in VARIANTS.items():
+        run_dir = args.out / arch["attention"]
+        cfg = base.replace(model=dataclasses.replace(base.model, **arch))
+        summaries[label] = train(cfg, run_dir, args.corpus)
+        lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").split("\n")
+        records[label] = [json.loads(line) for line in lines if line]
+
+    png = plot_comparison(
+        {label: args.out / arch["attention"] / "metrics.jsonl" for label, arch in VARIANTS.items()},
+        args.out / "arch.png",
+        title=f"{base.preset}, {base.steps * base.tokens_per_step_per_rank:,} tokens each",
+    )
+    print(f"\n{'variant':44s} {'params':>8s} {'loss (last 10%)':>16s} {'tokens/s':>10s} {'MFU':>6s}")
+    for label, s in summaries.items():
+        mfu = f"{s['median_mfu']:.1%}" if s["median_mfu"] is not None else "n/a"
+        loss = _tail_mean(records[label], lambda r: r["loss"])
+        print(
+            f"{label:44s} {s['parameters'] / 1e6:7.1f}M {loss:16.4f} {s['median_tokens_per_s']:10,.0f} {mfu:>6s}"
+        )
+    print("\nper-domain loss over the last 10% of the steps:")
+    print(f"{'domain':14s}" + "".join(f"{label.split(' ')[0]:>12s}" for label in VARIANTS))
+    for domain in DOMAINS:
+        means = [
+            _tail_mean(records[label], lambda r, d=domain: r["domain_loss"].get(d)) for label in VARIANTS
+        ]
+        print(f"{domain:14s}" + "".join(f"{m:12.4f}" for m in means))
+    print(f"\nwrote {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -192,13 +192,23 @@ def linear_ce_table(n: int, d: int, vocab: int) -> None:
     def plain(h, w, t):
         return F.cross_entropy((h @ w.T).float(), t, ignore_index=-100)
 
+    def cce_unfiltered(h, w, t):
+        from cut_cross_entropy import linear_cross_entropy as cce
+
+        return cce(h, w, t, ignore_index=-100, filter_eps=None)
+
     variants = {"plain logits -> cross_entropy": plain}
     for backend in ("cce", "liger", "chunked"):
         variants[f"linear_cross_entropy[{backend}]"] = lambda h, w, t, backend=backend: linear_cross_entropy(
             h, w, t, backend=backend
         )
+    variants["cce, gradient filter off"] = cce_unfiltered
     emit(f"\nlinear cross-entropy fwd+bwd, {n} tokens x {d} hidden x {vocab} vocab, bf16 "
          f"(default backend here: {default_backend(hidden.device)})")  # fmt: skip
+    # cut-cross-entropy's default skips backward tiles whose softmax entries are all below 2^-12: on these
+    # unit-variance logits (a near-uniform softmax) it skips nearly all of them, as on an untrained model; a
+    # trained model's sharper softmax skips fewer. The filter-off row is its full cost.
+    emit("(cce's default gradient filter makes its backward data-dependent; see the filter-off row)")
     emit(
         f"{'variant':34s} {'ms':>8s} {'peak extra GB':>14s} {'x plain time':>13s} {'x plain mem':>12s}  loss"
     )

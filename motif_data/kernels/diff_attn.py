@@ -93,6 +93,13 @@ def _dot(a, b, PREC: tl.constexpr):
 
 
 @triton.jit
+def _batch_head(H):
+    # Grid axis 1 walks (batch, head) pairs; offsets from them are int64 (B·H·S·D can pass 2³¹).
+    bh = tl.program_id(1)
+    return bh, (bh // H).to(tl.int64), (bh % H).to(tl.int64)
+
+
+@triton.jit
 def _fwd_inner(
     acc1, acc2, l1, l2, m1, m2, q1, q2, k1_ptrs, k2_ptrs, v_ptrs, offs_m, lo, hi,
     stride_ks, stride_vs, S, qk_scale,
@@ -151,10 +158,8 @@ def _diff_attn_fwd_kernel(
     # torch.compile (Inductor) passes Python floats as fp64 scalars; keep the softmax math in fp32.
     qk_scale = tl.full([], qk_scale, tl.float32)
     pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
+    bh, b, h = _batch_head(H)
     pid_dv = tl.program_id(2)
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D)
@@ -280,14 +285,10 @@ def _diff_attn_bwd_kv_kernel(
     D: tl.constexpr, DV: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr, PART: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    qk_scale, sm_scale = (
-        tl.full([], qk_scale, tl.float32),
-        tl.full([], sm_scale, tl.float32),
-    )  # fp64 under compile
+    # fp32 scales, as in the forward (Inductor hands Python floats over as fp64).
+    qk_scale, sm_scale = tl.full([], qk_scale, tl.float32), tl.full([], sm_scale, tl.float32)
     pid_n = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
+    bh, b, h = _batch_head(H)
     bh64 = bh.to(tl.int64)
     start_n = pid_n * BLOCK_N
     offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -384,14 +385,10 @@ def _diff_attn_bwd_q_kernel(
     D: tl.constexpr, DV: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    qk_scale, sm_scale = (
-        tl.full([], qk_scale, tl.float32),
-        tl.full([], sm_scale, tl.float32),
-    )  # fp64 under compile
+    # fp32 scales, as in the forward (Inductor hands Python floats over as fp64).
+    qk_scale, sm_scale = tl.full([], qk_scale, tl.float32), tl.full([], sm_scale, tl.float32)
     pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
+    bh, b, h = _batch_head(H)
     bh64 = bh.to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)

@@ -88,6 +88,16 @@ def _tile(ptr, stride, rows, cols, mask):
 
 
 @triton.jit
+def _coefficients(W, B):
+    return (
+        tl.load(W).to(tl.float32),
+        tl.load(W + 1).to(tl.float32),
+        tl.load(W + 2).to(tl.float32),
+        tl.load(B).to(tl.float32),
+    )
+
+
+@triton.jit
 def _even_powers(x):
     x2 = x * x
     x4 = x2 * x2
@@ -119,10 +129,7 @@ def _poly_norm_fwd_kernel(
 ):  # fmt: skip
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < M
-    w0 = tl.load(W).to(tl.float32)
-    w1 = tl.load(W + 1).to(tl.float32)
-    w2 = tl.load(W + 2).to(tl.float32)
-    b = tl.load(B).to(tl.float32)
+    w0, w1, w2, b = _coefficients(W, B)
     if CHUNK == 0:
         cols = tl.arange(0, BLOCK_N)
         mask = row_ok[:, None] & (cols[None, :] < N)
@@ -203,10 +210,7 @@ def _poly_norm_bwd_kernel(
     r1 = tl.load(RSTD + rows * 3, mask=row_ok, other=0.0)
     r2 = tl.load(RSTD + rows * 3 + 1, mask=row_ok, other=0.0)
     r3 = tl.load(RSTD + rows * 3 + 2, mask=row_ok, other=0.0)
-    w0 = tl.load(W).to(tl.float32)
-    w1 = tl.load(W + 1).to(tl.float32)
-    w2 = tl.load(W + 2).to(tl.float32)
-    b = tl.load(B).to(tl.float32)
+    w0, w1, w2, b = _coefficients(W, B)
     if CHUNK == 0:
         cols = tl.arange(0, BLOCK_N)
         mask = row_ok[:, None] & (cols[None, :] < N)

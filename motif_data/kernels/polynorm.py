@@ -37,6 +37,16 @@ _ROW_CONFIGS = [
         (1, 1024, 4), (1, 2048, 4), (1, 2048, 8), (2, 1024, 4),
     )
 ]  # fmt: skip
+# Up to this width a whole row fits the registers of one program and is read once; past it chunks are the only
+# shape that does not spill. Offering both everywhere let the autotuner's short timings pick a chunked program at
+# 8,192 columns in one run (fwd+bwd 0.66 ms against 0.49 ms whole-row), so each width gets its own shape.
+_WHOLE_ROW_MAX = 16384
+
+
+def _shape_for_width(configs, named_args, **kwargs):
+    block_n = kwargs.get("BLOCK_N", named_args.get("BLOCK_N"))
+    chunked = block_n > _WHOLE_ROW_MAX
+    return [c for c in configs if (c.kwargs["CHUNK"] > 0) == chunked]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -119,7 +129,11 @@ def _poly_fwd_tile(X, G, OUT, stride_x, stride_g, stride_o, rows, cols, mask, r1
     tl.store(OUT + rows[:, None] * stride_o + cols[None, :], out.to(OUT.dtype.element_ty), mask=mask)
 
 
-@triton.autotune(configs=_ROW_CONFIGS, key=["N", "BLOCK_N", "HAS_GATE"])
+@triton.autotune(
+    configs=_ROW_CONFIGS,
+    key=["N", "BLOCK_N", "HAS_GATE"],
+    prune_configs_by={"early_config_prune": _shape_for_width},
+)
 @triton.jit
 def _poly_norm_fwd_kernel(
     X, G, W, B, OUT, RSTD,
@@ -195,7 +209,11 @@ def _poly_dx(x, dy, c1, c2, c3, r1, r2, r3, w0, w1, w2):
     return dy * scale - x * (c1 + x2 * (c2 + c3 * x2))
 
 
-@triton.autotune(configs=_ROW_CONFIGS, key=["N", "BLOCK_N", "HAS_GATE"])
+@triton.autotune(
+    configs=_ROW_CONFIGS,
+    key=["N", "BLOCK_N", "HAS_GATE"],
+    prune_configs_by={"early_config_prune": _shape_for_width},
+)
 @triton.jit
 def _poly_norm_bwd_kernel(
     X, G, DOUT, W, B, RSTD, DX, DG, PART,

@@ -139,3 +139,11 @@ def test_gpu_public_api_matches_reference(shape, gate, config, rel_err):
     assert rel_err(out, ref) < 2e-2
     for g_got, g_want in zip(got, want, strict=True):
         assert rel_err(g_got, g_want) < 2e-2
+
+
+def test_autotuner_offers_whole_rows_up_to_16k_columns_and_chunks_beyond():
+    narrow = polynorm._shape_for_width(polynorm._ROW_CONFIGS, {}, BLOCK_N=8192)
+    wide = polynorm._shape_for_width(polynorm._ROW_CONFIGS, {}, BLOCK_N=32768)
+    assert narrow and all(c.kwargs["CHUNK"] == 0 for c in narrow)
+    assert wide and all(c.kwargs["CHUNK"] > 0 for c in wide)
+    assert len(narrow) + len(wide) == len(polynorm._ROW_CONFIGS)  # every config serves some width

@@ -549,7 +549,7 @@ def diff_attention(
     scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(q.shape[-1])
     if use_triton(q, k, v) and _triton_ok(q, v):
         return _DiffAttnFn.apply(q, k, v, lambda_, causal, scale)
-    return reference_diff_attention(q, k, v, lambda_, causal=causal, sm_scale=sm_scale)
+    return reference_diff_attention(q, k, v, lambda_, causal=causal, sm_scale=scale)
 
 
 def lambda_init(layer_idx: int) -> float:

@@ -201,6 +201,13 @@ def _gated_dy(X, G, DOUT, DG, stride_x, stride_g, stride_do, stride_dg, rows, co
 
 
 @triton.jit
+def _grad_terms(x, dy):
+    # The row sums the backward needs: Σ dy·x, Σ dy·x², Σ dy·x³ (dx's mean terms, dw) and Σ dy (db).
+    x2 = x * x
+    return dy * x, dy * x2, dy * x2 * x, dy
+
+
+@triton.jit
 def _poly_dx(x, dy, c1, c2, c3, r1, r2, r3, w0, w1, w2):
     # d/du Σ g·u·r = r·g − r³·u·mean(g·u) for each of u = x, x², x³, chained through du/dx = 1, 2x, 3x²;
     # c1..c3 hold the r³·mean(g·u) terms with the chain factors.
@@ -236,8 +243,7 @@ def _poly_norm_bwd_kernel(
             X, G, DOUT, DG, stride_x, stride_g, stride_do, stride_dg, rows, cols, mask,
             r1, r2, r3, w0, w1, w2, b, HAS_GATE, True,
         )  # fmt: skip
-        x2 = x * x
-        s1, s2, s3, sb = tl.reduce((dy * x, dy * x2, dy * x2 * x, dy), 1, _add4)
+        s1, s2, s3, sb = tl.reduce(_grad_terms(x, dy), 1, _add4)
     else:
         a1 = tl.zeros([BLOCK_M, CHUNK], tl.float32)
         a2 = tl.zeros([BLOCK_M, CHUNK], tl.float32)
@@ -249,10 +255,11 @@ def _poly_norm_bwd_kernel(
                 X, G, DOUT, DG, stride_x, stride_g, stride_do, stride_dg, rows, cols,
                 row_ok[:, None] & (cols[None, :] < N), r1, r2, r3, w0, w1, w2, b, HAS_GATE, True,
             )  # fmt: skip
-            a1 += dy * x
-            a2 += dy * x * x
-            a3 += dy * x * x * x
-            ab += dy
+            t1, t2, t3, tb = _grad_terms(x, dy)
+            a1 += t1
+            a2 += t2
+            a3 += t3
+            ab += tb
         s1, s2, s3, sb = tl.reduce((a1, a2, a3, ab), 1, _add4)
     c1 = (w2 * r1 * r1 * r1 * s1 / N)[:, None]
     c2 = (2.0 * w1 * r2 * r2 * r2 * s2 / N)[:, None]

@@ -172,12 +172,14 @@ class _StepResult:
     def read_back(
         cls, step: int, lr: float, rope_base: float, device: torch.device, **tensors
     ) -> _StepResult:
-        if device.type == "cuda":
-            tensors = {
-                k: torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True)
-                for k, t in tensors.items()
-            }
-        return cls(step, lr, rope_base, tensors, _mark(device))
+        # Tensors already on the host (the loader's domain ids, everything on CPU) are kept as they are.
+        host = {
+            k: torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True)
+            if t.device.type == "cuda"
+            else t
+            for k, t in tensors.items()
+        }
+        return cls(step, lr, rope_base, host, _mark(device))
 
 
 def train(
@@ -348,8 +350,8 @@ def train(
         optimizer.zero_grad(set_to_none=True)
 
         seq_losses = torch.cat(sequence_losses).double()
-        seq_domains = torch.cat(sequence_domains).to(device)
-        sums, counts = domain_loss_sums(seq_losses, seq_domains, cfg.seq_len)
+        seq_domains = torch.cat(sequence_domains)  # from the loader, on the host
+        sums, counts = domain_loss_sums(seq_losses, seq_domains.to(device), cfg.seq_len)
         if world_size > 1:
             dist.all_reduce(sums)
             dist.all_reduce(counts)

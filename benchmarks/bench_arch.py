@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import platform
 import sys
@@ -23,18 +22,12 @@ import torch
 from motif_data import DOMAINS
 from motif_data.train.config import load_config
 from motif_data.train.loop import train
-from motif_data.train.plot import plot_comparison
+from motif_data.train.plot import plot_comparison, read_metrics, tail_losses
 
 VARIANTS = {
     "Motif (differential attention + PolyNorm)": {"attention": "differential", "mlp": "polynorm"},
     "baseline (softmax attention + SwiGLU)": {"attention": "standard", "mlp": "swiglu"},
 }
-
-
-def _tail_mean(records: list[dict], key, fraction: float = 0.1) -> float:
-    last = records[-max(1, round(len(records) * fraction)) :]
-    values = [v for v in (key(r) for r in last) if v is not None]
-    return sum(values) / len(values) if values else float("nan")
 
 
 def main() -> int:
@@ -52,33 +45,30 @@ def main() -> int:
     print(
         f"config: {args.config} ({base.preset}), {base.steps} steps × {base.tokens_per_step_per_rank:,} tokens"
     )
-    summaries, records = {}, {}
+    summaries, tails, metrics = {}, {}, {}
     for label, arch in VARIANTS.items():
         run_dir = args.out / arch["attention"]
         cfg = base.replace(model=dataclasses.replace(base.model, **arch))
         summaries[label] = train(cfg, run_dir, args.corpus)
-        lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").split("\n")
-        records[label] = [json.loads(line) for line in lines if line]
+        metrics[label] = run_dir / "metrics.jsonl"
+        tails[label] = tail_losses(read_metrics(metrics[label]))
 
     png = plot_comparison(
-        {label: args.out / arch["attention"] / "metrics.jsonl" for label, arch in VARIANTS.items()},
+        metrics,
         args.out / "arch.png",
         title=f"{base.preset}, {base.steps * base.tokens_per_step_per_rank:,} tokens each",
     )
     print(f"\n{'variant':44s} {'params':>8s} {'loss (last 10%)':>16s} {'tokens/s':>10s} {'MFU':>6s}")
     for label, s in summaries.items():
         mfu = f"{s['median_mfu']:.1%}" if s["median_mfu"] is not None else "n/a"
-        loss = _tail_mean(records[label], lambda r: r["loss"])
+        loss = tails[label]["all"]
         print(
             f"{label:44s} {s['parameters'] / 1e6:7.1f}M {loss:16.4f} {s['median_tokens_per_s']:10,.0f} {mfu:>6s}"
         )
     print("\nper-domain loss over the last 10% of the steps:")
     print(f"{'domain':14s}" + "".join(f"{label.split(' ')[0]:>12s}" for label in VARIANTS))
     for domain in DOMAINS:
-        means = [
-            _tail_mean(records[label], lambda r, d=domain: r["domain_loss"].get(d)) for label in VARIANTS
-        ]
-        print(f"{domain:14s}" + "".join(f"{m:12.4f}" for m in means))
+        print(f"{domain:14s}" + "".join(f"{tails[label][domain]:12.4f}" for label in VARIANTS))
     print(f"\nwrote {png}")
     return 0
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from motif_data import DOMAINS
 
-__all__ = ["plot_losses", "plot_comparison"]
+__all__ = ["plot_losses", "plot_comparison", "read_metrics", "tail_losses"]
 
 
 def _smooth(values: list[float], window: int) -> list[float]:
@@ -21,13 +21,24 @@ def _smooth(values: list[float], window: int) -> list[float]:
     return out
 
 
-def _records(metrics_path: str | os.PathLike) -> list[dict]:
+def read_metrics(metrics_path: str | os.PathLike) -> list[dict]:
+    """The step records of a run's ``metrics.jsonl``; a file without steps is an error."""
     records = [
         json.loads(line) for line in Path(metrics_path).read_text(encoding="utf-8").split("\n") if line
     ]
     if not records:
         raise ValueError(f"{metrics_path} holds no steps: train at least one step before plotting")
     return records
+
+
+def tail_losses(records: list[dict], tail: float = 0.1) -> dict[str, float]:
+    """Mean loss over the last ``tail`` of the steps: ``"all"`` and each domain (nan where a domain is absent)."""
+    last = records[-max(1, round(len(records) * tail)) :]
+    means = {"all": sum(r["loss"] for r in last) / len(last)}
+    for domain in DOMAINS:
+        values = [r["domain_loss"][domain] for r in last if domain in r["domain_loss"]]
+        means[domain] = sum(values) / len(values) if values else float("nan")
+    return means
 
 
 def plot_losses(metrics_path: str | os.PathLike, png_path: str | os.PathLike, title: str = "") -> Path:
@@ -39,7 +50,7 @@ def plot_losses(metrics_path: str | os.PathLike, png_path: str | os.PathLike, ti
 
     plt = pyplot()
 
-    records = _records(metrics_path)
+    records = read_metrics(metrics_path)
     window = max(1, len(records) // 50)
     fig, ax = plt.subplots(figsize=(10, 5.5), dpi=120)
     colors = plt.get_cmap("tab10")
@@ -74,7 +85,7 @@ def plot_comparison(
     from motif_data.figures import pyplot, save_png
 
     plt = pyplot()
-    records = {label: _records(path) for label, path in runs.items()}
+    records = {label: read_metrics(path) for label, path in runs.items()}
     fig, (curves, domains) = plt.subplots(
         1, 2, figsize=(14, 5.5), dpi=120, gridspec_kw={"width_ratios": [3, 2]}
     )
@@ -96,12 +107,10 @@ def plot_comparison(
 
     # Dots, not bars: the losses sit far from zero and bars would hide the gaps between runs.
     for i, (label, recs) in enumerate(records.items()):
-        last = recs[-max(1, round(len(recs) * tail)) :]
-        means = []
-        for domain in DOMAINS:
-            values = [r["domain_loss"][domain] for r in last if domain in r["domain_loss"]]
-            means.append(sum(values) / len(values) if values else float("nan"))
-        domains.plot(range(len(DOMAINS)), means, "o", markersize=8, color=colors(i), label=label)
+        means = tail_losses(recs, tail)
+        domains.plot(
+            range(len(DOMAINS)), [means[d] for d in DOMAINS], "o", markersize=8, color=colors(i), label=label
+        )
     domains.set_xticks(range(len(DOMAINS)), DOMAINS, rotation=30, ha="right")
     domains.set_xlim(-0.5, len(DOMAINS) - 0.5)
     domains.set_ylabel("mean loss (nats/token)")

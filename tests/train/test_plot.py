@@ -36,3 +36,12 @@ def test_comparison_of_an_empty_run_says_what_is_missing(tmp_path):
     with pytest.raises(ValueError, match="holds no steps"):
         plot_comparison({"a": a, "empty": empty}, tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
+
+
+def test_tail_losses_average_the_last_steps_per_domain(tmp_path):
+    from motif_data.train.plot import read_metrics, tail_losses
+
+    path = _metrics(tmp_path / "m.jsonl", [9.0, 8.0, 6.0, 4.0])
+    means = tail_losses(read_metrics(path), tail=0.5)  # the last 2 of 4 steps
+    assert means["all"] == 5.0 and means["web"] == 5.0 and means["code"] == 6.0
+    assert means["korean"] != means["korean"]  # nan: no step had Korean

@@ -53,10 +53,7 @@ def main() -> int:
           f"{args.steps} steps per variant")  # fmt: skip
     results = {}
     for name in args.variants:
-        cfg = base.replace(**VARIANTS[name])
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        results[name] = run_variant(name, cfg, args.corpus)
+        results[name] = run_variant(name, base.replace(**VARIANTS[name]), args.corpus)
     anchor = results.get("reference (anchor)")
     print()
     print(f"{'variant':30s} {'step ms':>9s} {'tokens/s':>12s} {'MFU':>7s} {'peak GiB':>9s} {'speed-up':>9s}")

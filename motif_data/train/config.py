@@ -21,7 +21,8 @@ class ModelConfig:
     differential heads, each with two query/key maps of ``head_dim`` and one value of ``2 * head_dim``.
 
     ``attention = "standard"`` (``n_heads`` softmax heads of ``head_dim``) and ``mlp = "swiglu"`` give the
-    conventional decoder with the same parameter count, the baseline of an architecture comparison."""
+    conventional decoder with the same projection and embedding shapes (less the λ vectors, sub-layer norms and
+    PolyNorm coefficients), the baseline of an architecture comparison."""
 
     n_layers: int
     d_model: int

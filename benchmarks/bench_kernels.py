@@ -130,8 +130,9 @@ def polynorm_tables(m: int, n: int, copy_gbs: float) -> None:
             if name != ours_name
         )
         emit(f"speed-up of {ours_name} over  {speedups}")
-        for kernel in ("_poly_norm_fwd_kernel", "_poly_norm_bwd_kernel"):
-            emit(f"  autotuned {kernel}: {getattr(polynorm, kernel).best_config}")
+        program_shape = polynorm._program_shape(triton.next_power_of_2(n))
+        for kernel in ("_POLY_NORM_FWD", "_POLY_NORM_BWD"):
+            emit(f"  autotuned {kernel}: {getattr(polynorm, kernel)[program_shape].best_config}")
         with torch.no_grad():
             xd = x.double()
             want = reference_poly_norm(xd, w.double(), b.double()) * (y.double() if gated else 1.0)

@@ -24,29 +24,47 @@ __all__ = [
 # Past this width a row no longer fits the registers of one program even in chunks worth tuning; wider rows take
 # the reference path.
 MAX_TRITON_WIDTH = 65536
-# Two shapes of program, chosen by the autotuner per width:
+
+
+# Two shapes of program, chosen by width (`_program_shape`), each with its own autotune list:
 # - CHUNK = 0: one or two whole rows live in registers, so x is read from memory exactly once;
 # - CHUNK > 0: a row is walked in CHUNK-wide slices twice (sums, then outputs; the second read hits L2). Few
 #   registers a thread means many programs resident per SM and more bytes in flight, which is what keeps a
 #   memory-bound kernel at copy speed on wide rows (a whole 8,192-wide row leaves ~2 programs per SM).
 # num_warps ≤ 16 keeps every config valid on AMD (64-wide wavefronts, 1,024 threads a block) and NVIDIA.
-_ROW_CONFIGS = [
-    triton.Config({"BLOCK_M": m, "CHUNK": c}, num_warps=w)
-    for m, c, w in (
-        (1, 0, 4), (1, 0, 8), (1, 0, 16), (2, 0, 8), (2, 0, 16),
-        (1, 1024, 4), (1, 2048, 4), (1, 2048, 8), (2, 1024, 4),
-    )
-]  # fmt: skip
+def _whole_row_configs() -> list[triton.Config]:
+    return [
+        triton.Config({"BLOCK_M": m, "CHUNK": 0}, num_warps=w)
+        for m, w in ((1, 4), (1, 8), (1, 16), (2, 8), (2, 16))
+    ]
+
+
+def _chunked_configs() -> list[triton.Config]:
+    return [
+        triton.Config({"BLOCK_M": m, "CHUNK": c}, num_warps=w)
+        for m, c, w in ((1, 1024, 4), (1, 2048, 4), (1, 2048, 8), (2, 1024, 4))
+    ]
+
+
 # Up to this width a whole row fits the registers of one program and is read once; past it chunks are the only
 # shape that does not spill. Offering both everywhere let the autotuner's short timings pick a chunked program at
 # 8,192 columns in one run (fwd+bwd 0.66 ms against 0.49 ms whole-row), so each width gets its own shape.
 _WHOLE_ROW_MAX = 16384
 
 
-def _shape_for_width(configs, named_args, **kwargs):
-    block_n = kwargs.get("BLOCK_N", named_args.get("BLOCK_N"))
-    chunked = block_n > _WHOLE_ROW_MAX
-    return [c for c in configs if (c.kwargs["CHUNK"] > 0) == chunked]
+def _program_shape(block_n: int) -> int:
+    """0: whole rows, 1: chunked rows; indexes the (whole-row, chunked) autotuners of each kernel."""
+    return int(block_n > _WHOLE_ROW_MAX)
+
+
+def _autotuned(kernel) -> tuple:
+    # One autotuner per program shape, each with its own config list, picked in Python by width. Not one
+    # autotuner with prune_configs_by: torch.compile (PyTorch ≤ 2.11) fails to trace two launches of such a
+    # kernel in one graph ("ListVariable ... is already tracked for mutation", pytorch/pytorch#177600).
+    return tuple(
+        triton.autotune(configs=configs, key=["N", "BLOCK_N", "HAS_GATE"])(kernel)
+        for configs in (_whole_row_configs(), _chunked_configs())
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -129,13 +147,8 @@ def _poly_fwd_tile(X, G, OUT, stride_x, stride_g, stride_o, rows, cols, mask, r1
     tl.store(OUT + rows[:, None] * stride_o + cols[None, :], out.to(OUT.dtype.element_ty), mask=mask)
 
 
-@triton.autotune(
-    configs=_ROW_CONFIGS,
-    key=["N", "BLOCK_N", "HAS_GATE"],
-    prune_configs_by={"early_config_prune": _shape_for_width},
-)
 @triton.jit
-def _poly_norm_fwd_kernel(
+def _poly_norm_fwd(
     X, G, W, B, OUT, RSTD,
     stride_x, stride_g, stride_o,
     M, N, eps,
@@ -216,13 +229,8 @@ def _poly_dx(x, dy, c1, c2, c3, r1, r2, r3, w0, w1, w2):
     return dy * scale - x * (c1 + x2 * (c2 + c3 * x2))
 
 
-@triton.autotune(
-    configs=_ROW_CONFIGS,
-    key=["N", "BLOCK_N", "HAS_GATE"],
-    prune_configs_by={"early_config_prune": _shape_for_width},
-)
 @triton.jit
-def _poly_norm_bwd_kernel(
+def _poly_norm_bwd(
     X, G, DOUT, W, B, RSTD, DX, DG, PART,
     stride_x, stride_g, stride_do, stride_dx, stride_dg,
     M, N,
@@ -283,6 +291,10 @@ def _poly_norm_bwd_kernel(
     tl.store(PART + rows * 4 + 3, sb, mask=row_ok)
 
 
+_POLY_NORM_FWD = _autotuned(_poly_norm_fwd)
+_POLY_NORM_BWD = _autotuned(_poly_norm_bwd)
+
+
 def _rows(t: torch.Tensor) -> torch.Tensor:
     t = t.reshape(-1, t.shape[-1])
     return t if t.stride(-1) == 1 else t.contiguous()
@@ -299,7 +311,7 @@ class _PolyNormFn(torch.autograd.Function):
         rstd = torch.empty((m, 3), dtype=torch.float32, device=x.device)
         block = triton.next_power_of_2(n)
         launch(
-            _poly_norm_fwd_kernel, lambda meta: (triton.cdiv(m, meta["BLOCK_M"]),),
+            _POLY_NORM_FWD[_program_shape(block)], lambda meta: (triton.cdiv(m, meta["BLOCK_M"]),),
             x2d, g2d, weight, bias, out, rstd,
             x2d.stride(0), g2d.stride(0), out.stride(0),
             m, n, eps,
@@ -319,12 +331,13 @@ class _PolyNormFn(torch.autograd.Function):
         dx = torch.empty_like(x2d)
         dg = torch.empty_like(g2d) if ctx.has_gate else dx
         part = torch.empty((m, 4), dtype=torch.float32, device=x2d.device)
+        block = triton.next_power_of_2(n)
         launch(
-            _poly_norm_bwd_kernel, lambda meta: (triton.cdiv(m, meta["BLOCK_M"]),),
+            _POLY_NORM_BWD[_program_shape(block)], lambda meta: (triton.cdiv(m, meta["BLOCK_M"]),),
             x2d, g2d, do2d, weight, bias, rstd, dx, dg, part,
             x2d.stride(0), g2d.stride(0), do2d.stride(0), dx.stride(0), dg.stride(0),
             m, n,
-            BLOCK_N=triton.next_power_of_2(n), HAS_GATE=ctx.has_gate,
+            BLOCK_N=block, HAS_GATE=ctx.has_gate,
         )  # fmt: skip
         sums = part.sum(0)
         dw = sums[:3].to(weight.dtype)

@@ -53,8 +53,8 @@ def test_triton_matches_reference_output_and_all_gradients(shape, dtype, gate, d
 def _config_index(block_m: int, chunked: bool) -> int:
     return next(
         i
-        for i, c in enumerate(polynorm._ROW_CONFIGS)
-        if c.kwargs["BLOCK_M"] == block_m and (c.kwargs["CHUNK"] > 0) == chunked
+        for i, c in enumerate(polynorm._chunked_configs() if chunked else polynorm._whole_row_configs())
+        if c.kwargs["BLOCK_M"] == block_m
     )
 
 
@@ -65,10 +65,11 @@ def test_two_rows_per_program_with_an_odd_row_count(device, rel_err):
 
 @pytest.mark.parametrize("gate", [False, True], ids=["poly_norm", "poly_norm_mul"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_rows_walked_in_chunks_with_a_ragged_last_chunk(dtype, gate, device, rel_err):
+def test_rows_walked_in_chunks_with_a_ragged_last_chunk(dtype, gate, device, rel_err, monkeypatch):
     # Two rows a program, width 2,500 = two whole 1,024-wide chunks and a ragged third; odd row count.
-    chunk = polynorm._ROW_CONFIGS[_config_index(2, chunked=True)].kwargs["CHUNK"]
+    chunk = polynorm._chunked_configs()[_config_index(2, chunked=True)].kwargs["CHUNK"]
     assert 2 * chunk < 2500 < 3 * chunk
+    monkeypatch.setattr(polynorm, "_WHOLE_ROW_MAX", 1024)  # chunked programs at this small width
     with pinned_config(_config_index(2, chunked=True)):
         _check_against_reference((3, 2500), dtype, device, gate, rel_err)
 
@@ -124,12 +125,20 @@ def test_modules_initialise_and_compose():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("config", range(len(polynorm._ROW_CONFIGS)))
+@pytest.mark.parametrize(
+    "config",
+    [("whole rows", i) for i in range(len(polynorm._whole_row_configs()))]
+    + [("chunks", i) for i in range(len(polynorm._chunked_configs()))],
+    ids=str,
+)
 @pytest.mark.parametrize("gate", [False, True], ids=["poly_norm", "poly_norm_mul"])
 @pytest.mark.parametrize("shape", [(512, 8192), (301, 5000), (64, 2048)])
-def test_gpu_public_api_matches_reference(shape, gate, config, rel_err):
+def test_gpu_public_api_matches_reference(shape, gate, config, rel_err, monkeypatch):
+    shape_name, index = config
+    if shape_name == "chunks":
+        monkeypatch.setattr(polynorm, "_WHOLE_ROW_MAX", 0)  # chunked programs at every width
     x, y, w, b = _inputs(shape, torch.bfloat16, "cuda", gate, seed=3)
-    with pinned_config(config):
+    with pinned_config(index):
         out = poly_norm_mul(x, y, w, b) if gate else poly_norm(x, w, b)
         dout = torch.randn_like(out)
         got = _grads(out, (x, y, w, b), dout)
@@ -141,9 +150,8 @@ def test_gpu_public_api_matches_reference(shape, gate, config, rel_err):
         assert rel_err(g_got, g_want) < 2e-2
 
 
-def test_autotuner_offers_whole_rows_up_to_16k_columns_and_chunks_beyond():
-    narrow = polynorm._shape_for_width(polynorm._ROW_CONFIGS, {}, BLOCK_N=8192)
-    wide = polynorm._shape_for_width(polynorm._ROW_CONFIGS, {}, BLOCK_N=32768)
-    assert narrow and all(c.kwargs["CHUNK"] == 0 for c in narrow)
-    assert wide and all(c.kwargs["CHUNK"] > 0 for c in wide)
-    assert len(narrow) + len(wide) == len(polynorm._ROW_CONFIGS)  # every config serves some width
+def test_whole_rows_up_to_16k_columns_and_chunks_beyond():
+    narrow, wide = polynorm._program_shape(16384), polynorm._program_shape(32768)
+    for kernels in (polynorm._POLY_NORM_FWD, polynorm._POLY_NORM_BWD):
+        assert all(c.kwargs["CHUNK"] == 0 for c in kernels[narrow].configs)
+        assert all(c.kwargs["CHUNK"] > 0 for c in kernels[wide].configs)

@@ -351,7 +351,10 @@ def train(
 
         seq_losses = torch.cat(sequence_losses).double()
         seq_domains = torch.cat(sequence_domains)  # from the loader, on the host
-        sums, counts = domain_loss_sums(seq_losses, seq_domains.to(device), cfg.seq_len)
+        # non_blocking: a blocking host-to-device copy synchronises the stream, so the host would wait for the
+        # whole step before queuing the next one and leave the GPU idle meanwhile.
+        domains_on_device = seq_domains.to(device, non_blocking=True)
+        sums, counts = domain_loss_sums(seq_losses, domains_on_device, cfg.seq_len)
         if world_size > 1:
             dist.all_reduce(sums)
             dist.all_reduce(counts)

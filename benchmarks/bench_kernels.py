@@ -199,7 +199,7 @@ def linear_ce_table(n: int, d: int, vocab: int) -> None:
         return cce(h, w, t, ignore_index=-100, filter_eps=None)
 
     variants = {"plain logits -> cross_entropy": plain}
-    for backend in ("cce", "liger", "chunked"):
+    for backend in ("cce", "liger", "dense", "chunked"):
         variants[f"linear_cross_entropy[{backend}]"] = lambda h, w, t, backend=backend: linear_cross_entropy(
             h, w, t, backend=backend
         )

@@ -1,7 +1,8 @@
 """Fused linear cross-entropy for a tied embedding: the (tokens × vocab) logits never exist in full.
 
-On a GPU it hands the work to a maintained library (cut-cross-entropy or Liger-Kernel); on the CPU a chunked
-pure-PyTorch function computes the same loss and gradients a slab of tokens at a time.
+Backends: two maintained libraries (cut-cross-entropy, Liger-Kernel); "dense", ours, which computes the
+gradient during the forward with three cuBLAS GEMMs and one Triton pass a chunk of tokens; and a chunked
+pure-PyTorch function that computes the same loss and gradients a slab of tokens at a time on any device.
 """
 
 from __future__ import annotations
@@ -10,16 +11,26 @@ import importlib.util
 
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
 from torch import nn
+
+from motif_data.kernels._device import interpreting, use_triton
 
 __all__ = ["linear_cross_entropy", "reference_linear_cross_entropy", "LinearCrossEntropy", "BACKENDS"]
 
-BACKENDS = ("cce", "liger", "chunked")
+BACKENDS = ("cce", "liger", "dense", "chunked")
 _REDUCTIONS = ("mean", "sum", "none")
 # Logit elements per chunk of the fallback: 2**24 fp32 values (64 MiB) on the CPU; on a GPU without either
 # library, 2**27 (512 MiB), since narrow chunks leave the matrix units idle.
 _CHUNK_ELEMENTS = 1 << 24
 _CHUNK_ELEMENTS_GPU = 1 << 27
+# The dense backend's logits buffer: 512 MiB (~1,200 tokens at 219,520 ids in bf16), enough rows for the GEMMs
+# to run at full rate.
+_DENSE_LOGITS_BYTES = 1 << 29
+_DENSE_BLOCK = 4096  # vocab columns a step of the softmax pass; fp32, 16 a thread at 8 warps
+# Its weight gradient sums over the chunks in fp32 (not rounded to bf16 each chunk, as Liger-Kernel's does).
+_DENSE_GRAD_W_FP32 = True
 
 
 def reference_linear_cross_entropy(
@@ -94,6 +105,116 @@ def _chunked(hidden, weight, targets, ignore_index, reduction, chunk=None):
     return _reduce(losses, targets, ignore_index, reduction)
 
 
+@triton.jit
+def _softmax_minus_onehot_kernel(LOGITS, TARGETS, LOSS, stride, V, ignore_index, WRITE_GRAD: tl.constexpr,
+                                 BLOCK: tl.constexpr):  # fmt: skip
+    # A row a program: its log-sum-exp by an online max/sum over the vocab, the loss, then (WRITE_GRAD) the row
+    # overwritten in place by d loss / d logits = softmax − onehot(target), zero for an ignored token.
+    row = tl.program_id(0)
+    ptr = LOGITS + row.to(tl.int64) * stride
+    target = tl.load(TARGETS + row)
+    valid = target != ignore_index
+    safe_target = tl.where(valid, target, 0)
+    m = tl.full([], float("-inf"), tl.float32)
+    s = tl.zeros([], tl.float32)
+    for start in range(0, V, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        x = tl.load(ptr + cols, mask=cols < V, other=float("-inf")).to(tl.float32)
+        m_new = tl.maximum(m, tl.max(x, 0))
+        s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), 0)
+        m = m_new
+    lse = m + tl.log(s)
+    x_target = tl.load(ptr + safe_target).to(tl.float32)
+    tl.store(LOSS + row, tl.where(valid, lse - x_target, 0.0))
+    if WRITE_GRAD:
+        for start in range(0, V, BLOCK):
+            cols = start + tl.arange(0, BLOCK)
+            mask = cols < V
+            x = tl.load(ptr + cols, mask=mask, other=0.0).to(tl.float32)
+            g = tl.exp(x - lse) - tl.where(cols == safe_target, 1.0, 0.0)
+            tl.store(ptr + cols, tl.where(valid, g, 0.0).to(LOGITS.dtype.element_ty), mask=mask)
+
+
+def _accumulate(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """acc += a @ b inside the GEMM (beta = 1): no (V, d) temporary a chunk. An fp32 acc of half-precision
+    operands uses addmm's out_dtype on a GPU, so the running sum is never rounded to bf16."""
+    if acc.dtype == a.dtype:
+        torch.addmm(acc, a, b, out=acc)
+    elif acc.is_cuda:
+        torch.addmm(acc, a, b, out_dtype=acc.dtype, out=acc)
+    else:
+        acc.add_((a @ b).to(acc.dtype))
+
+
+class _DenseLinearCE(torch.autograd.Function):
+    """Gradient in the forward: the loss is the last op of the graph, so per chunk of tokens the logits are
+    formed once (cuBLAS), turned into their gradient in place (Triton), and used at once for dH = G·W and
+    dW += Gᵀ·H. Three GEMMs a token and no data-dependent skipping: the same cost at every stage of training.
+    The backward only scales the stored gradients, which is exact for a uniform upstream gradient (a mean or a
+    sum of the losses, the training case) and refused otherwise."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, ignore_index, chunk, grad_of):
+        # grad_of: (hidden, weight) flags, decided by the caller (grad mode is off inside forward).
+        n, vocab = hidden.shape[0], weight.shape[0]
+        want_grad = any(grad_of)
+        losses = torch.empty(n, dtype=torch.float32, device=hidden.device)
+        grad_h = torch.empty_like(hidden) if grad_of[0] else None
+        w_dtype = torch.float32 if _DENSE_GRAD_W_FP32 else weight.dtype
+        grad_w = torch.zeros(weight.shape, dtype=w_dtype, device=weight.device) if grad_of[1] else None
+        logits = torch.empty((min(chunk, n), vocab), dtype=hidden.dtype, device=hidden.device)
+        for start in range(0, n, chunk):
+            h = hidden[start : start + chunk]
+            g = logits[: h.shape[0]]
+            torch.mm(h, weight.t(), out=g)
+            _softmax_minus_onehot_kernel[(h.shape[0],)](
+                g, targets[start : start + chunk], losses[start : start + chunk], g.stride(0), vocab,
+                ignore_index, WRITE_GRAD=want_grad, BLOCK=min(_DENSE_BLOCK, triton.next_power_of_2(vocab)),
+                num_warps=8,
+            )  # fmt: skip
+            if grad_h is not None:
+                torch.mm(g, weight, out=grad_h[start : start + chunk])
+            if grad_w is not None:
+                _accumulate(grad_w, g.t(), h)
+        ctx.grads = (grad_h, grad_w)
+        ctx.weight_dtype = weight.dtype
+        return losses
+
+    @staticmethod
+    def backward(ctx, grad_losses):
+        if ctx.grads is None:
+            raise RuntimeError(
+                "linear_cross_entropy(backend='dense') supports one backward through its losses"
+            )
+        (grad_h, grad_w), ctx.grads = ctx.grads, None  # scaled in place below: a second pass would be wrong
+        # A mean or a sum reaches here as one value expanded over the tokens (stride 0): uniform without
+        # looking. Anything else is checked on the device, which costs a host sync.
+        if grad_losses.stride(0) != 0 and grad_losses.numel() > 1:
+            if not bool(torch.all(grad_losses == grad_losses[:1])):
+                raise ValueError(
+                    "linear_cross_entropy(backend='dense') needs a uniform upstream gradient (a mean or sum of "
+                    "the losses); mask tokens with ignore_index, or use another backend"
+                )
+        scale = grad_losses[:1]
+        dh = grad_h.mul_(scale.to(grad_h.dtype)) if grad_h is not None else None
+        dw = grad_w.mul_(scale).to(ctx.weight_dtype) if grad_w is not None else None
+        return dh, dw, None, None, None, None
+
+
+@torch.compiler.disable  # eager between compiled graphs: its chunk loop and in-place GEMMs are not for tracing
+def _dense(hidden, weight, targets, ignore_index, reduction, chunk=None):
+    if not (use_triton(hidden, weight, targets) or interpreting()):
+        raise RuntimeError(
+            "linear_cross_entropy(backend='dense') needs a GPU with Triton (or TRITON_INTERPRET=1)"
+        )
+    if chunk is None:
+        chunk = max(128, _DENSE_LOGITS_BYTES // (weight.shape[0] * hidden.element_size()) // 128 * 128)
+    grad_on = torch.is_grad_enabled()
+    grad_of = (grad_on and hidden.requires_grad, grad_on and weight.requires_grad)
+    losses = _DenseLinearCE.apply(hidden, weight, targets, ignore_index, chunk, grad_of)
+    return _reduce(losses, targets, ignore_index, reduction)
+
+
 def _cce(hidden, weight, targets, ignore_index, reduction):
     from cut_cross_entropy import linear_cross_entropy as cce_linear_cross_entropy
 
@@ -124,7 +245,7 @@ def default_backend(device: torch.device) -> str:
     return "chunked"
 
 
-_IMPLS = {"cce": _cce, "liger": _liger, "chunked": _chunked}
+_IMPLS = {"cce": _cce, "liger": _liger, "dense": _dense, "chunked": _chunked}
 
 
 def linear_cross_entropy(
@@ -139,7 +260,8 @@ def linear_cross_entropy(
     """cross_entropy(hidden @ weight.T, targets) without the full logits.
 
     hidden (N, d), weight (V, d), targets (N,) int64; reduction "mean" (over non-ignored tokens), "sum" or
-    "none" (per-token losses, 0 where ignored). backend: "cce", "liger", "chunked" or None for the default.
+    "none" (per-token losses, 0 where ignored). backend: "cce", "liger", "dense", "chunked" or None for the
+    default. "dense" takes only a uniform upstream gradient: reduce its "none" losses by a mean or a sum.
     """
     problems = []
     if hidden.ndim != 2 or weight.ndim != 2 or hidden.shape[1] != weight.shape[1]:

@@ -15,7 +15,11 @@ HAS_GPU = torch.cuda.is_available()
 if not HAS_GPU:
     os.environ["TRITON_INTERPRET"] = "1"
     # A module imported earlier in this session (without the interpreter) is re-decorated under it.
-    for _name in ("motif_data.kernels.polynorm", "motif_data.kernels.diff_attn"):
+    for _name in (
+        "motif_data.kernels.polynorm",
+        "motif_data.kernels.diff_attn",
+        "motif_data.kernels.linear_ce",
+    ):
         if _name in sys.modules:
             importlib.reload(sys.modules[_name])
 

@@ -25,9 +25,11 @@ def _plain(hidden, weight, targets, reduction):
     return F.cross_entropy((hidden @ weight.T).double(), targets, ignore_index=-100, reduction=reduction)
 
 
-def _compare(loss_fn, hidden, weight, targets, reduction, rel_err, tol):
+def _compare(loss_fn, hidden, weight, targets, reduction, rel_err, tol, uniform_upstream=False):
     loss = loss_fn(hidden, weight, targets, reduction)
     upstream = torch.rand(loss.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    if uniform_upstream:  # what a mean or sum of per-token losses sends back
+        upstream = torch.full_like(upstream, 0.37)
     got = torch.autograd.grad(loss, (hidden, weight), upstream.to(loss.device, loss.dtype))
     h64, w64 = (t.detach().double().cpu().requires_grad_() for t in (hidden, weight))
     ref = _plain(h64, w64, targets.cpu(), reduction)
@@ -65,6 +67,34 @@ def test_chunked_bf16(rel_err):
     )
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("chunk", [7, 64], ids=["ragged-chunks", "one-chunk"])
+def test_dense_matches_plain_cross_entropy(reduction, chunk, device, rel_err):
+    hidden, weight, targets = _inputs(37, 24, 5003, torch.float32, device)  # vocab > the kernel's block
+
+    def fn(h, w, t, red):
+        return linear_ce._dense(h, w, t, -100, red, chunk=chunk)
+
+    loss = _compare(fn, hidden, weight, targets, reduction, rel_err, 1e-5, uniform_upstream=True)
+    if reduction == "none":
+        assert (loss[targets == -100] == 0).all()
+
+
+def test_dense_without_gradients_computes_the_loss_only(device):
+    hidden, weight, targets = _inputs(9, 8, 300, torch.float32, device)
+    with torch.no_grad():
+        loss = linear_ce._dense(hidden, weight, targets, -100, "none")
+    assert not loss.requires_grad
+    torch.testing.assert_close(loss.double(), _plain(hidden.detach(), weight.detach(), targets, "none"))
+
+
+def test_dense_refuses_a_non_uniform_upstream_gradient(device):
+    hidden, weight, targets = _inputs(5, 8, 50, torch.float32, device, n_ignored=0)
+    losses = linear_ce._dense(hidden, weight, targets, -100, "none")
+    with pytest.raises(ValueError, match="uniform upstream gradient"):
+        (losses * torch.arange(5.0, device=losses.device)).sum().backward()
+
+
 def test_cpu_default_is_chunked_and_never_builds_full_logits(monkeypatch):
     assert linear_ce.default_backend(torch.device("cpu")) == "chunked"
     monkeypatch.setattr(linear_ce, "_CHUNK_ELEMENTS", 101 * 8)  # 8 rows of logits at a time
@@ -100,7 +130,7 @@ def test_module_and_bad_arguments():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("reduction", ["mean", "none"])
-@pytest.mark.parametrize("backend", ["cce", "liger", "chunked"])
+@pytest.mark.parametrize("backend", ["cce", "liger", "dense", "chunked"])
 def test_gpu_backends_match_plain_cross_entropy(backend, reduction, rel_err):
     module = {"cce": "cut_cross_entropy", "liger": "liger_kernel"}.get(backend)
     if module is not None and importlib.util.find_spec(module) is None:
@@ -110,7 +140,7 @@ def test_gpu_backends_match_plain_cross_entropy(backend, reduction, rel_err):
     def fn(h, w, t, red):
         return linear_cross_entropy(h, w, t, reduction=red, backend=backend)
 
-    _compare(fn, hidden, weight, targets, reduction, rel_err, 2e-2)
+    _compare(fn, hidden, weight, targets, reduction, rel_err, 2e-2, uniform_upstream=backend == "dense")
 
 
 @pytest.mark.gpu

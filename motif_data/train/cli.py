@@ -6,6 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
+from motif_data.kernels.linear_ce import BACKENDS
+
 __all__ = ["register", "resolve_corpus"]
 
 # The sample build that a config without a corpus trains on (the repository's configs/ folder).
@@ -31,6 +33,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=None, help="override train.steps")
     p.add_argument(
         "--kernels", choices=("auto", "reference"), default=None, help="override train.kernels (timing runs)"
+    )
+    p.add_argument(
+        "--loss-backend",
+        choices=("auto", *BACKENDS),
+        default=None,
+        help="override train.loss_backend, the linear cross-entropy backend (timing runs)",
     )
     p.set_defaults(func=run)
 
@@ -69,7 +77,12 @@ def run(args: argparse.Namespace) -> int:
     from motif_data.train.plot import plot_losses
 
     cfg = load_config(args.config)
-    given = (("corpus", args.corpus), ("steps", args.steps), ("kernels", args.kernels))
+    given = (
+        ("corpus", args.corpus),
+        ("steps", args.steps),
+        ("kernels", args.kernels),
+        ("loss_backend", args.loss_backend),
+    )
     overrides = {k: v for k, v in given if v is not None}
     if overrides:
         cfg = cfg.replace(**overrides)

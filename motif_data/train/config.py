@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from motif_data.compat import tomllib
+from motif_data.kernels.linear_ce import BACKENDS
 
 __all__ = ["ModelConfig", "TrainConfig", "PRESETS", "load_config", "config_from_dict"]
 
@@ -120,6 +121,9 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
     kernels: str = "auto"  # auto: Triton on GPU / reference on CPU; reference: always the pure-PyTorch ops
+    loss_backend: str = (
+        "auto"  # linear cross-entropy: auto (the fastest here) or a motif_data.kernels backend
+    )
     compile: bool = False
     log_every: int = 1
     save_checkpoints: bool = True  # False for timing runs
@@ -165,6 +169,10 @@ class TrainConfig:
         for name, allowed in (("device", _DEVICES), ("dtype", _DTYPES), ("kernels", _KERNELS)):
             if getattr(self, name) not in allowed:
                 problems.append(f"train.{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
+        if self.loss_backend != "auto" and self.loss_backend not in BACKENDS:
+            problems.append(
+                f"train.loss_backend must be 'auto' or one of {list(BACKENDS)}, got {self.loss_backend!r}"
+            )
         if self.peak_tflops is not None and not self.peak_tflops > 0:
             problems.append(f"train.peak_tflops must be > 0 or absent, got {self.peak_tflops!r}")
         if isinstance(self.seq_len, int) and self.seq_len > self.model.max_seq_len:

@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from motif_data import DOMAINS
 from motif_data.atomic import atomic_open, atomic_write_text
+from motif_data.kernels.linear_ce import default_backend
 from motif_data.shards import Manifest
 from motif_data.train.config import TrainConfig
 from motif_data.train.model import Motif, count_parameters, flops_per_token
@@ -214,9 +215,14 @@ def train(
             f"{manifest.tokenizer.vocab_size}: drop vocab_size from [model] to size it from the manifest"
         )
 
+    loss_backend = default_backend(device) if cfg.loss_backend == "auto" else cfg.loss_backend
     torch.manual_seed(cfg.seed)
     with torch.device(device):  # initialised where it trains: no CPU init of the embedding, no host copy
-        raw_model = Motif(model_cfg, reference_kernels=cfg.kernels == "reference")
+        raw_model = Motif(
+            model_cfg,
+            reference_kernels=cfg.kernels == "reference",
+            loss_backend=loss_backend,
+        )
     model: torch.nn.Module = torch.compile(raw_model) if cfg.compile else raw_model
     if world_size > 1:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -403,6 +409,7 @@ def train(
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "world_size": world_size,
         "kernels": cfg.kernels,
+        "loss_backend": "reference" if cfg.kernels == "reference" else loss_backend,
         "compile": cfg.compile,
         "final_loss": records[-1]["loss"] if records else None,
         "median_step_time_s": statistics.median(r["step_time_s"] for r in steady) if steady else None,

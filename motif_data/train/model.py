@@ -7,6 +7,7 @@ forces the pure-PyTorch versions everywhere, so that a run can compare the two.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -158,7 +159,7 @@ class Motif(nn.Module):
     """``forward(input_ids, targets)`` returns the per-token loss (B, S), so the loop can split it by domain;
     without targets it returns the final hidden states (B, S, d)."""
 
-    def __init__(self, cfg: ModelConfig, *, reference_kernels: bool = False):
+    def __init__(self, cfg: ModelConfig, *, reference_kernels: bool = False, loss_backend: str | None = None):
         super().__init__()
         if cfg.vocab_size is None:
             raise ValueError("model.vocab_size is unset: take it from the corpus manifest's tokenizer first")
@@ -167,8 +168,11 @@ class Motif(nn.Module):
         self.rotary = Rotary(cfg.head_dim, cfg.rope_base, cfg.max_seq_len)
         self.blocks = nn.ModuleList(Block(cfg, i + 1, reference_kernels) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        # loss_backend: a linear_cross_entropy backend; None: the fastest where the loss is computed
         self.linear_cross_entropy = (
-            reference_linear_cross_entropy if reference_kernels else linear_cross_entropy
+            reference_linear_cross_entropy
+            if reference_kernels
+            else functools.partial(linear_cross_entropy, backend=loss_backend)
         )
         self.reset_parameters()
 

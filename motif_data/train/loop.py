@@ -348,7 +348,9 @@ def train(
             with model.no_sync() if skip_sync else contextlib.nullcontext():
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                     token_losses = model(ids[:, :-1], ids[:, 1:])  # (B, S) fp32
-                (token_losses.mean() / cfg.grad_accum).backward()
+                # sum × 1/n, not mean(): the gradient reaching the loss head is then one value expanded over the
+                # tokens (stride 0), which the dense backend takes as uniform without a host sync.
+                (token_losses.sum() * (1.0 / (token_losses.numel() * cfg.grad_accum))).backward()
             sequence_losses.append(token_losses.detach().sum(dim=1))
             sequence_domains.append(batch["domain"])
         grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)

@@ -208,8 +208,10 @@ class Motif(nn.Module):
         if torch.is_autocast_enabled(device_type):
             # The residual stream stays fp32; the head's product runs in the autocast dtype like every Linear.
             hidden = hidden.to(torch.get_autocast_dtype(device_type))
+        # The fp32 embedding goes in as it is: the loss head runs its products in hidden's dtype and the dense
+        # backend sums the weight's gradient in fp32 directly (no bf16 round trip of a vocab × d gradient).
         losses = self.linear_cross_entropy(
-            hidden.flatten(0, 1), self.embed.weight.to(hidden.dtype), targets.flatten(), reduction="none"
+            hidden.flatten(0, 1), self.embed.weight, targets.flatten(), reduction="none"
         )
         return losses.view_as(targets)
 

@@ -80,6 +80,23 @@ def test_dense_matches_plain_cross_entropy(reduction, chunk, device, rel_err):
         assert (loss[targets == -100] == 0).all()
 
 
+def test_dense_takes_fp32_master_weights_with_bf16_activations(device, rel_err):
+    # The training case: bf16 hidden states, the fp32 embedding; the weight's gradient comes back in fp32.
+    hidden, weight, targets = _inputs(40, 32, 300, torch.float32, device)
+    hidden = hidden.detach().bfloat16().requires_grad_()
+    loss = linear_cross_entropy(hidden, weight, targets, backend="dense")
+    gh, gw = torch.autograd.grad(loss, (hidden, weight))
+    assert gh.dtype == torch.bfloat16 and gw.dtype == torch.float32
+    h64, w64 = (
+        hidden.detach().double().cpu().requires_grad_(),
+        weight.detach().double().cpu().requires_grad_(),
+    )
+    ref = _plain(h64, w64, targets.cpu(), "mean")
+    want = torch.autograd.grad(ref, (h64, w64))
+    assert rel_err(loss, ref) < 2e-2
+    assert rel_err(gh, want[0]) < 2e-2 and rel_err(gw, want[1]) < 2e-2
+
+
 def test_dense_without_gradients_computes_the_loss_only(device):
     hidden, weight, targets = _inputs(9, 8, 300, torch.float32, device)
     with torch.no_grad():
@@ -144,5 +161,5 @@ def test_gpu_backends_match_plain_cross_entropy(backend, reduction, rel_err):
 
 
 @pytest.mark.gpu
-def test_gpu_default_backend_is_a_fused_library():
-    assert linear_ce.default_backend(torch.device("cuda")) in ("cce", "liger")
+def test_gpu_default_backend_is_fused():
+    assert linear_ce.default_backend(torch.device("cuda")) in ("dense", "liger")

@@ -13,7 +13,7 @@ import sys
 import torch
 import torch.nn.functional as F
 import triton
-from triton.testing import do_bench
+from triton.testing import do_bench, do_bench_cudagraph
 
 from motif_data.kernels import (
     diff_attention,
@@ -37,6 +37,16 @@ def emit(line: str = "") -> None:
 
 def bench_ms(fn, warmup=50, rep=300) -> float:
     return do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
+
+
+def graph_ms(fn) -> float | None:
+    """Median time of fn replayed from a CUDA graph: GPU time without the host's launch and autograd overhead,
+    which at well under a millisecond (PolyNorm fwd+bwd) makes eager timings swing by tens of percent between
+    runs. None where fn cannot be captured."""
+    try:
+        return do_bench_cudagraph(fn, rep=200, return_mode="median")
+    except Exception:  # e.g. a host sync inside fn
+        return None
 
 
 def version(pkg: str) -> str:
@@ -101,6 +111,7 @@ def polynorm_tables(m: int, n: int, copy_gbs: float) -> None:
              f"fwd+bwd {fb_bytes / 1e9:.2f} GB)")  # fmt: skip
         emit(
             f"{'variant':34s} {'fwd ms':>8s} {'GB/s':>7s} {'xcopy':>6s} {'fwd+bwd ms':>11s} {'GB/s':>7s} {'xcopy':>6s}"
+            f"  {'fwd+bwd graph ms':>16s} {'xcopy':>6s}"
         )
         results = {}
         with torch.no_grad():
@@ -118,15 +129,22 @@ def polynorm_tables(m: int, n: int, copy_gbs: float) -> None:
                 torch.autograd.grad(fn(xg, yg, wg, bg), inputs, dout)
 
             fb_ms = bench_ms(fwd_bwd, warmup=20, rep=200)
-            results[name] = (fwd_ms, fb_ms)
+            fb_graph = graph_ms(fwd_bwd)
+            results[name] = (fwd_ms, fb_ms, fb_graph)
             fwd_gbs, fb_gbs = fwd_bytes / fwd_ms / 1e6, fb_bytes / fb_ms / 1e6
+            graph = (
+                f"{fb_graph:16.3f} {fb_bytes / fb_graph / 1e6 / copy_gbs:6.2f}"
+                if fb_graph
+                else f"{'n/a':>16s}"
+            )
             emit(f"{name:34s} {fwd_ms:8.3f} {fwd_gbs:7.0f} {fwd_gbs / copy_gbs:6.2f} {fb_ms:11.3f} {fb_gbs:7.0f} "
-                 f"{fb_gbs / copy_gbs:6.2f}")  # fmt: skip
+                 f"{fb_gbs / copy_gbs:6.2f}  {graph}")  # fmt: skip
         ours_name = next(iter(fns))
-        ours_f, ours_fb = results[ours_name]
+        ours_f, ours_fb, ours_graph = results[ours_name]
         speedups = ", ".join(
             f"{name}: fwd {f / ours_f:.2f}x, fwd+bwd {fb / ours_fb:.2f}x"
-            for name, (f, fb) in results.items()
+            + (f" (graph {g / ours_graph:.2f}x)" if g and ours_graph else "")
+            for name, (f, fb, g) in results.items()
             if name != ours_name
         )
         emit(f"speed-up of {ours_name} over  {speedups}")

@@ -67,8 +67,9 @@ def main() -> int:
         )
     print("\nper-domain loss over the last 10% of the steps:")
     print(f"{'domain':14s}" + "".join(f"{label.split(' ')[0]:>12s}" for label in VARIANTS))
-    for domain in DOMAINS:
-        print(f"{domain:14s}" + "".join(f"{tails[label][domain]:12.4f}" for label in VARIANTS))
+    for domain in DOMAINS:  # "—": no sequence of the domain was drawn in those steps
+        cells = (tails[label][domain] for label in VARIANTS)
+        print(f"{domain:14s}" + "".join(f"{v:12.4f}" if v == v else f"{'—':>12s}" for v in cells))
     print(f"\nwrote {png}")
     return 0
 

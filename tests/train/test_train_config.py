@@ -32,10 +32,12 @@ def test_bad_config_lists_every_problem_at_once(tmp_path):
     with pytest.raises(ValueError) as e:
         load_config(path)
     assert "n_heads must be even" in str(e.value) and "model.d_model" in str(e.value)
-    path.write_text('[model]\npreset = "tiny"\n[train]\nsteps = 0\nlr = -1.0\ndtype = "fp8"\n')
+    path.write_text(
+        '[model]\npreset = "tiny"\n[train]\nsteps = 0\nlr = -1.0\ndtype = "fp8"\nloss_backend = "fast"\n'
+    )
     with pytest.raises(ValueError) as e:
         load_config(path)
-    for fragment in ("train.steps", "train.lr", "train.dtype"):
+    for fragment in ("train.steps", "train.lr", "train.dtype", "train.loss_backend must be 'auto' or one of"):
         assert fragment in str(e.value)
 
 

@@ -271,6 +271,8 @@ def linear_cross_entropy(
         problems.append(
             f"need hidden (N, d) and weight (V, d), got {tuple(hidden.shape)} and {tuple(weight.shape)}"
         )
+    if torch.promote_types(hidden.dtype, weight.dtype) != weight.dtype:
+        problems.append(f"weight ({weight.dtype}) must be of hidden's dtype ({hidden.dtype}) or wider")
     if targets.shape != hidden.shape[:1]:
         problems.append(f"targets must have shape ({hidden.shape[0]},), got {tuple(targets.shape)}")
     if targets.dtype != torch.int64:

@@ -143,6 +143,8 @@ def test_module_and_bad_arguments():
         linear_cross_entropy(hidden, weight, targets.int(), reduction="avg")
     with pytest.raises(ValueError, match="backend must be one of"):
         linear_cross_entropy(hidden, weight, targets, backend="fast")
+    with pytest.raises(ValueError, match="must be of hidden's dtype"):
+        linear_cross_entropy(hidden, weight.bfloat16(), targets)
 
 
 @pytest.mark.gpu

@@ -1,8 +1,10 @@
-"""Shared test fixtures: where the real text samples and the o200k rank file live."""
+"""Shared test fixtures: where the real text samples and the o200k rank file live; bounded subprocesses."""
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -30,3 +32,22 @@ def o200k(o200k_path):
     from motif_data.tokenizer import load_base
 
     return load_base(o200k_path)
+
+
+@pytest.fixture(scope="session")
+def run_bounded():
+    """``run_bounded(args, timeout=s, **popen_kwargs)`` → CompletedProcess. The command runs in its own process
+    group; past the timeout the whole group is killed and the test fails: a hung child (or a grandchild, e.g. a
+    torchrun rank) fails its test instead of outliving it."""
+
+    def run(args: list[str], *, timeout: float, **kwargs) -> subprocess.CompletedProcess:
+        proc = subprocess.Popen(args, start_new_session=True, **kwargs)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            pytest.fail(f"{' '.join(map(str, args))[:200]} did not finish within {timeout} s")
+        return subprocess.CompletedProcess(args, proc.returncode, out, err)
+
+    return run

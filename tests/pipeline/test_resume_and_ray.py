@@ -66,27 +66,23 @@ _RAY = (
 )
 
 
-def test_ray_executor_gives_the_same_bytes_as_local(reference_build, sample_slices, o200k_path, tmp_path):
+def test_ray_executor_gives_the_same_bytes_as_local(
+    reference_build, sample_slices, o200k_path, tmp_path, run_bounded
+):
     pytest.importorskip("ray", reason="the optional 'ray' extra is part of the test dependencies")
     cfg = slice_config(sample_slices, tmp_path / "out", o200k_path)
     # a task limit, so that a Ray job whose forked worker hangs after its rank is done is killed and rerun
     cfg["executor"] = {"kind": "ray", "tasks": 2, "workers": 2, "mem_per_cpu_gb": 0.5, "time": "00:00:40"}
     cfg_path = tmp_path / "cfg.json"
     cfg_path.write_text(json.dumps(cfg))
-    # in its own process group with a deadline: a stuck Ray cluster must fail this test, not hang the suite
-    proc = subprocess.Popen(
+    # with a deadline: a stuck Ray cluster must fail this test, not hang the suite
+    result = run_bounded(
         [sys.executable, "-c", _RAY, str(cfg_path)],
-        start_new_session=True,
+        timeout=300,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    try:
-        _, err = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        pytest.fail("the Ray build did not finish within 300 s")
-    assert proc.returncode == 0, err.decode()[-3000:]
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
     assert snapshot(tmp_path / "out") == snapshot(reference_build[0])
 
 

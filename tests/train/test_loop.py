@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -131,7 +130,7 @@ def test_fit_schedule_moves_the_whole_mixture_within_a_short_run(tmp_path, synth
     assert "web" in steps[0] and "code" in steps[-1]
 
 
-def test_two_ranks_under_torchrun_train_like_one_process(tmp_path, synthetic_manifest):
+def test_two_ranks_under_torchrun_train_like_one_process(tmp_path, synthetic_manifest, run_bounded):
     # DDP over gloo on the CPU: 2 ranks × micro-batch 2 see the same global batches as 1 rank × 4,
     # and the averaged gradients give the same updates up to the order of floating-point sums.
     script = tmp_path / "ddp.py"
@@ -152,9 +151,9 @@ def test_two_ranks_under_torchrun_train_like_one_process(tmp_path, synthetic_man
         "--nproc_per_node=2",
         str(script),
     ]
-    subprocess.run(
-        [*command, str(tmp_path / "ddp"), str(synthetic_manifest)], check=True, env=env, timeout=120
-    )
+    # Bounded, ranks included: a rank that hangs at exit (as one did in gloo's teardown) must fail the test.
+    result = run_bounded([*command, str(tmp_path / "ddp"), str(synthetic_manifest)], timeout=120, env=env)
+    assert result.returncode == 0
     train(config(micro_batch=4, grad_accum=2, steps=3, warmup_steps=1), tmp_path / "one", synthetic_manifest)
     for a, b in zip(metrics(tmp_path / "ddp"), metrics(tmp_path / "one"), strict=True):
         assert (

@@ -121,9 +121,8 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
     kernels: str = "auto"  # auto: Triton on GPU / reference on CPU; reference: always the pure-PyTorch ops
-    loss_backend: str = (
-        "auto"  # linear cross-entropy: auto (the fastest here) or a motif_data.kernels backend
-    )
+    # linear cross-entropy: auto (the fastest on the device) or a backend of motif_data.kernels.linear_ce
+    loss_backend: str = "auto"
     compile: bool = False
     log_every: int = 1
     save_checkpoints: bool = True  # False for timing runs

@@ -16,6 +16,7 @@ import triton
 from triton.testing import do_bench, do_bench_cudagraph
 
 from motif_data.kernels import (
+    _device,
     diff_attention,
     diff_attn,
     linear_cross_entropy,
@@ -150,7 +151,9 @@ def polynorm_tables(m: int, n: int, copy_gbs: float) -> None:
         emit(f"speed-up of {ours_name} over  {speedups}")
         program_shape = polynorm._program_shape(triton.next_power_of_2(n))
         for kernel in ("_POLY_NORM_FWD", "_POLY_NORM_BWD"):
-            emit(f"  autotuned {kernel}: {getattr(polynorm, kernel)[program_shape].best_config}")
+            emit(
+                f"  autotuned {kernel}: {_device.tuned(getattr(polynorm, kernel), x.device)[program_shape].best_config}"
+            )
         with torch.no_grad():
             xd = x.double()
             want = reference_poly_norm(xd, w.double(), b.double()) * (y.double() if gated else 1.0)
@@ -190,8 +193,8 @@ def diff_attn_table(batch: int, seq: int, heads: int, d: int, dv: int) -> None:
         )
     (of, ofb), (rf, rfb) = results["ours (Triton)"], results["two-SDPA reference"]
     emit(f"speed-up over two-SDPA reference: fwd {rf / of:.2f}x, fwd+bwd {rfb / ofb:.2f}x")
-    for kernel in ("_diff_attn_fwd_kernel", "_diff_attn_bwd_kv_kernel", "_diff_attn_bwd_q_kernel"):
-        emit(f"  autotuned {kernel}: {getattr(diff_attn, kernel).best_config}")
+    for kernel in ("_FWD", "_BWD_KV", "_BWD_Q"):
+        emit(f"  autotuned {kernel}: {_device.tuned(getattr(diff_attn, kernel), q.device).best_config}")
     # Accuracy at this shape: both bf16 paths against an fp32 reference on the same inputs (first batch).
     sl = slice(0, 1)
     with torch.no_grad():

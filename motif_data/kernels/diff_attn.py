@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 from torch import nn
 
-from motif_data.kernels._device import interpreting, launch, use_triton
+from motif_data.kernels._device import launch, precision, tuned, use_triton
 
 __all__ = ["diff_attention", "reference_diff_attention", "DifferentialAttention", "lambda_init"]
 
@@ -42,44 +42,56 @@ def reference_diff_attention(
 # ---------------------------------------------------------------------------------------------------------
 # Triton kernels. Scores live in the log2 domain (qk_scale = s·log2 e) so the softmax uses exp2; each program
 # walks its key (or query) blocks in two stages: blocks that need no mask, then the diagonal / ragged tail.
-# Block sizes come from small autotune lists whose smallest entries fit AMD's 64 KiB of LDS; num_warps ≤ 16.
+# Block sizes come from an autotune list per target family (targets.py); num_warps ≤ 16 everywhere.
 # ---------------------------------------------------------------------------------------------------------
 def _configs(entries):
+    # (BLOCK_M, BLOCK_N, num_warps, num_stages[, HIP options such as waves_per_eu])
     return [
-        triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st) for m, n, w, st in entries
-    ]
+        triton.Config({"BLOCK_M": e[0], "BLOCK_N": e[1], **(e[4] if len(e) > 4 else {})}, num_warps=e[2],
+                      num_stages=e[3])
+        for e in entries
+    ]  # fmt: skip
 
 
-_FWD_CONFIGS = _configs(
-    [
-        (64, 32, 4, 1),  # first: the interpreter's choice, and small enough for AMD's LDS
-        (128, 64, 8, 2),
-        (128, 64, 8, 3),
-        (128, 32, 8, 3),
-        (64, 64, 4, 3),
-        (128, 64, 16, 2),
-        (128, 128, 16, 2),
-    ]
-)
-_BWD_KV_CONFIGS = _configs(
-    [
-        (32, 32, 4, 1),
-        (64, 64, 8, 2),
-        (32, 64, 4, 2),
-        (32, 128, 8, 2),
-        (32, 64, 8, 2),
-    ]
-)
-_BWD_Q_CONFIGS = _configs(
-    [
-        (32, 32, 4, 1),
-        (64, 64, 8, 2),
-        (64, 32, 4, 2),
-        (128, 32, 8, 3),
-        (128, 64, 8, 1),
-    ]
-)
-N_CONFIGS = max(len(c) for c in (_FWD_CONFIGS, _BWD_KV_CONFIGS, _BWD_Q_CONFIGS))
+# NVIDIA: measured on an H100 (docs/kernels.md); the first entry is the interpreter's choice.
+_CUDA_FWD = [(64, 32, 4, 1), (128, 64, 8, 2), (128, 64, 8, 3), (128, 32, 8, 3), (64, 64, 4, 3), (128, 64, 16, 2),
+             (128, 128, 16, 2)]  # fmt: skip
+_CUDA_BWD_KV = [(32, 32, 4, 1), (64, 64, 8, 2), (32, 64, 4, 2), (32, 128, 8, 2), (32, 64, 8, 2)]
+_CUDA_BWD_Q = [(32, 32, 4, 1), (64, 64, 8, 2), (64, 32, 4, 2), (128, 32, 8, 3), (128, 64, 8, 1)]
+# AMD: what each arch's autotuner may offer. `motif-data kernels check --candidates` compiles every candidate
+# below with the HIP backend and reports LDS, VGPRs, scratch and occupancy; an arch lists the candidates that
+# fit its LDS and do not spill at head dims 64/128 and 128/256 (bf16), and CI's check fails if one stops fitting.
+_WPE2 = {"waves_per_eu": 2}
+_AMD_FWD = [(64, 32, 4, 1), (64, 64, 4, 1), (128, 32, 4, 1), (128, 64, 4, 1), (128, 32, 8, 1), (128, 64, 8, 1),
+            (64, 32, 4, 2), (64, 64, 4, 2), (128, 32, 8, 2), (128, 64, 8, 2), (128, 64, 4, 1, _WPE2),
+            (64, 64, 4, 1, _WPE2)]  # fmt: skip
+_AMD_BWD_KV = [(32, 32, 4, 1), (16, 32, 4, 1), (16, 64, 4, 1), (32, 64, 4, 1), (64, 32, 4, 1), (32, 64, 8, 1),
+               (64, 64, 8, 1), (32, 128, 8, 1), (32, 64, 4, 2), (64, 64, 8, 2), (16, 128, 4, 1), (16, 64, 8, 1),
+               (16, 128, 8, 1)]  # fmt: skip
+_AMD_BWD_Q = [(32, 32, 4, 1), (32, 16, 4, 1), (64, 16, 4, 1), (64, 32, 4, 1), (32, 64, 4, 1), (64, 32, 8, 1),
+              (64, 64, 8, 1), (128, 32, 8, 1), (64, 32, 4, 2), (128, 64, 8, 1), (128, 16, 4, 1), (128, 16, 8, 1),
+              (64, 16, 8, 1)]  # fmt: skip
+# Indexes into the candidates, per arch, read off `kernels check --candidates` (Triton 3.9, 2026-12-01). What
+# the report showed: at 8 warps a 512-lane workgroup caps a lane at 256 VGPRs, and there the 128 × 64 forward
+# tiles (gfx950's at one stage excepted) and the backward tiles of 32 × 64 and up spill; at 4 warps the dK/dV
+# tiles of 32 × 64 and up and the dQ tile 32 × 64 spill on gfx90a and gfx942 (dK/dV 64 × 32 on gfx950 too);
+# waves_per_eu = 2 made no config spill-free that was not already and raised no occupancy, so no list has it.
+_LISTS = {
+    "fwd": (_CUDA_FWD, _AMD_FWD, {"gfx90a": [0, 1, 2, 3, 4, 6, 7], "gfx942": [0, 1, 2, 3, 4, 6, 7, 8],
+                                  "gfx950": [0, 1, 2, 3, 4, 5, 6, 7, 8]}),
+    "bwd_kv": (_CUDA_BWD_KV, _AMD_BWD_KV, {"gfx90a": [0, 1, 2, 10, 11, 12], "gfx942": [0, 1, 2, 10, 11, 12],
+                                           "gfx950": [0, 1, 2, 3, 10, 11, 12]}),
+    "bwd_q": (_CUDA_BWD_Q, _AMD_BWD_Q, {"gfx90a": [0, 1, 2, 3, 10, 11, 12], "gfx942": [0, 1, 2, 3, 8, 10, 11, 12],
+                                        "gfx950": [0, 1, 2, 3, 4, 8, 10, 11, 12]}),
+}  # fmt: skip
+
+
+def _per_target(name):
+    cuda, amd, picks = _LISTS[name]
+    lists = {"cuda": _configs(cuda)}
+    for arch, pick in picks.items():
+        lists[arch] = _configs([amd[i] for i in pick])
+    return lists, _configs(amd)
 
 
 @triton.jit
@@ -136,7 +148,6 @@ def _fwd_inner(
 # accumulators, 128 × 256 each at Motif's shape: they do not fit the registers, and splitting Dv over two
 # programs instead computes every QKᵀ twice. H100, B = 4, S = 4,096, same run: that one-pass kernel 1.287 ms,
 # this one 0.951 ms, two SDPA calls 1.075 ms.
-@triton.autotune(configs=_FWD_CONFIGS, key=["S", "D", "DV", "CAUSAL", "PREC"])
 @triton.jit
 def _diff_attn_fwd_kernel(
     Q, K, V, LAM, OUT, OUT2, LSE,
@@ -258,7 +269,6 @@ def _bwd_kv_inner(
 # doing all three would hold BLOCK_N × (2·D + Dv) fp32 accumulators (512 wide at D = 128, Dv = 256), which spills
 # registers; the split recomputes both maps' probabilities once more but each launch holds half as much, and
 # runs 1.3× faster in all (H100, B = 4, S = 4,096: fwd+bwd 5.66 → 4.38 ms).
-@triton.autotune(configs=_BWD_KV_CONFIGS, key=["S", "D", "DV", "CAUSAL", "PREC", "PART"])
 @triton.jit
 def _diff_attn_bwd_kv_kernel(
     Q, K, V, DO, LAM, LSE, DELTA, DK, DVAL,
@@ -358,7 +368,6 @@ def _bwd_q_inner(
     return dq1, dq2
 
 
-@triton.autotune(configs=_BWD_Q_CONFIGS, key=["S", "D", "DV", "CAUSAL", "PREC"])
 @triton.jit
 def _diff_attn_bwd_q_kernel(
     Q, K, V, DO, LAM, LSE, DELTA, DQ,
@@ -418,6 +427,21 @@ def _diff_attn_bwd_q_kernel(
     tl.store(DQ + dq_off + S * D, (dq2 * sm_scale).to(DQ.dtype.element_ty), mask=m_ok[:, None])
 
 
+def _autotuners(kernel, name, key):
+    """One autotuner per target family over the same kernel; `candidates` is what `kernels check
+    --candidates` compiles on AMD."""
+    lists, candidates = _per_target(name)
+    tuners = {family: triton.autotune(configs=configs, key=key)(kernel) for family, configs in lists.items()}
+    for family, tuner in tuners.items():
+        tuner.candidates = candidates if family != "cuda" else tuner.configs
+    return tuners
+
+
+_FWD = _autotuners(_diff_attn_fwd_kernel, "fwd", ["S", "D", "DV", "CAUSAL", "PREC"])
+_BWD_KV = _autotuners(_diff_attn_bwd_kv_kernel, "bwd_kv", ["S", "D", "DV", "CAUSAL", "PREC", "PART"])
+_BWD_Q = _autotuners(_diff_attn_bwd_q_kernel, "bwd_q", ["S", "D", "DV", "CAUSAL", "PREC"])
+N_CONFIGS = max(len(t.configs) for t in (_FWD["cuda"], _BWD_KV["cuda"], _BWD_Q["cuda"]))
+
 _LOG2E = 1.4426950408889634
 
 
@@ -441,11 +465,11 @@ class _DiffAttnFn(torch.autograd.Function):
         out = torch.empty((bsz, seq, heads, dv), dtype=v.dtype, device=v.device).transpose(1, 2)
         o2 = torch.empty((bsz, heads, seq, dv), dtype=v.dtype, device=v.device)
         lse = torch.empty((bsz, heads, seq, 2), dtype=torch.float32, device=v.device)
-        prec = "ieee" if q.dtype == torch.float32 else ("upcast" if interpreting() else "tf32")
+        prec = precision(q.dtype, q.device)
 
         for map_index in (1, 0):  # O2 first: the MAP = 0 epilogue subtracts it
             launch(
-                _diff_attn_fwd_kernel,
+                tuned(_FWD, q.device),
                 lambda meta: (triton.cdiv(seq, meta["BLOCK_M"]), bsz * heads),
                 q, k, v, lam, out, o2, lse,
                 *_strides(q), *_strides(k), *_strides(v), *_strides(out),
@@ -466,7 +490,8 @@ class _DiffAttnFn(torch.autograd.Function):
         delta = torch.empty_like(lse)
         rows = bsz * heads * seq
         block_r = 16
-        _diff_attn_bwd_delta_kernel[(triton.cdiv(rows, block_r),)](
+        launch(
+            _diff_attn_bwd_delta_kernel, (triton.cdiv(rows, block_r),),
             out, o2, dout, lam, delta, *_strides(out), *_strides(dout), rows, heads, seq,
             DV=dv, BLOCK_DV=triton.next_power_of_2(dv), BLOCK_R=block_r,
         )  # fmt: skip
@@ -480,12 +505,12 @@ class _DiffAttnFn(torch.autograd.Function):
         )  # fmt: skip
         for part in ("dk", "dv"):
             launch(
-                _diff_attn_bwd_kv_kernel,
+                tuned(_BWD_KV, q.device),
                 lambda meta: (triton.cdiv(seq, meta["BLOCK_N"]), bsz * heads),
                 q, k, v, dout, lam, lse, delta, dk, dval, *args, **common, PART=part,
             )  # fmt: skip
         launch(
-            _diff_attn_bwd_q_kernel,
+            tuned(_BWD_Q, q.device),
             lambda meta: (triton.cdiv(seq, meta["BLOCK_M"]), bsz * heads),
             q, k, v, dout, lam, lse, delta, dq, *args, **common,
         )  # fmt: skip

@@ -10,7 +10,8 @@ import triton
 import triton.language as tl
 from torch import nn
 
-from motif_data.kernels._device import launch, use_triton
+from motif_data.kernels._device import launch, tuned, use_triton
+from motif_data.kernels.targets import AMD_ARCHS
 
 __all__ = [
     "poly_norm",
@@ -32,11 +33,11 @@ MAX_TRITON_WIDTH = 65536
 #   registers a thread means many programs resident per SM and more bytes in flight, which is what keeps a
 #   memory-bound kernel at copy speed on wide rows (a whole 8,192-wide row leaves ~2 programs per SM).
 # num_warps ≤ 16 keeps every config valid on AMD (64-wide wavefronts, 1,024 threads a block) and NVIDIA.
-def _whole_row_configs() -> list[triton.Config]:
-    return [
-        triton.Config({"BLOCK_M": m, "CHUNK": 0}, num_warps=w)
-        for m, w in ((1, 4), (1, 8), (1, 16), (2, 8), (2, 16))
-    ]
+# On AMD, two whole rows a program spill VGPRs at 16,384 columns on gfx90a, gfx942 and gfx950 (12–468 bytes a
+# lane in the forward or backward, `motif-data kernels check`), so AMD lists hold one row a program.
+def _whole_row_configs(family: str = "cuda") -> list[triton.Config]:
+    shapes = ((1, 4), (1, 8), (1, 16), (2, 8), (2, 16)) if family == "cuda" else ((1, 4), (1, 8), (1, 16))
+    return [triton.Config({"BLOCK_M": m, "CHUNK": 0}, num_warps=w) for m, w in shapes]
 
 
 def _chunked_configs() -> list[triton.Config]:
@@ -57,14 +58,18 @@ def _program_shape(block_n: int) -> int:
     return int(block_n > _WHOLE_ROW_MAX)
 
 
-def _autotuned(kernel) -> tuple:
-    # One autotuner per program shape, each with its own config list, picked in Python by width. Not one
-    # autotuner with prune_configs_by: torch.compile (PyTorch ≤ 2.11) fails to trace two launches of such a
-    # kernel in one graph ("ListVariable ... is already tracked for mutation", pytorch/pytorch#177600).
-    return tuple(
-        triton.autotune(configs=configs, key=["N", "BLOCK_N", "HAS_GATE"])(kernel)
-        for configs in (_whole_row_configs(), _chunked_configs())
-    )
+def _autotuned(kernel) -> dict[str, tuple]:
+    # Per target family (targets.py), one autotuner per program shape, each with its own config list, picked
+    # in Python by width. Not one autotuner with prune_configs_by: torch.compile (PyTorch ≤ 2.11) fails to
+    # trace two launches of such a kernel in one graph ("ListVariable ... is already tracked for mutation",
+    # pytorch/pytorch#177600).
+    return {
+        family: tuple(
+            triton.autotune(configs=configs, key=["N", "BLOCK_N", "HAS_GATE"])(kernel)
+            for configs in (_whole_row_configs(family), _chunked_configs())
+        )
+        for family in ("cuda", *AMD_ARCHS)
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -311,7 +316,7 @@ class _PolyNormFn(torch.autograd.Function):
         rstd = torch.empty((m, 3), dtype=torch.float32, device=x.device)
         block = triton.next_power_of_2(n)
         launch(
-            _POLY_NORM_FWD[_program_shape(block)], lambda meta: (triton.cdiv(m, meta["BLOCK_M"]),),
+            tuned(_POLY_NORM_FWD, x.device)[_program_shape(block)], lambda meta: (triton.cdiv(m, meta["BLOCK_M"]),),
             x2d, g2d, weight, bias, out, rstd,
             x2d.stride(0), g2d.stride(0), out.stride(0),
             m, n, eps,
@@ -333,7 +338,7 @@ class _PolyNormFn(torch.autograd.Function):
         part = torch.empty((m, 4), dtype=torch.float32, device=x2d.device)
         block = triton.next_power_of_2(n)
         launch(
-            _POLY_NORM_BWD[_program_shape(block)], lambda meta: (triton.cdiv(m, meta["BLOCK_M"]),),
+            tuned(_POLY_NORM_BWD, x2d.device)[_program_shape(block)], lambda meta: (triton.cdiv(m, meta["BLOCK_M"]),),
             x2d, g2d, do2d, weight, bias, rstd, dx, dg, part,
             x2d.stride(0), g2d.stride(0), do2d.stride(0), dx.stride(0), dg.stride(0),
             m, n,

@@ -93,11 +93,16 @@ def test_compiled_model_computes_what_the_eager_model_computes(monkeypatch):
     # Each autotuner keeps its first config only, so it compiles once and tunes nothing: tuning every config
     # in fp32 (IEEE-precision dots compile to large FMA loops) took over four minutes on an H100. The launch
     # path is the training one (pinned_config's direct launch is not traceable by Dynamo).
+    def autotuners(obj):  # kernels hold them per target family, per program shape
+        if isinstance(obj, Autotuner):
+            yield obj
+        elif isinstance(obj, (tuple, list, dict)):
+            for item in obj.values() if isinstance(obj, dict) else obj:
+                yield from autotuners(item)
+
     for module in (diff_attn, polynorm):
-        for obj in vars(module).values():
-            for tuner in obj if isinstance(obj, tuple) else (obj,):
-                if isinstance(tuner, Autotuner):
-                    monkeypatch.setattr(tuner, "configs", tuner.configs[:1])
+        for tuner in autotuners(list(vars(module).values())):
+            monkeypatch.setattr(tuner, "configs", tuner.configs[:1])
     monkeypatch.setattr(linear_ce, "default_backend", lambda device: "dense")
     torch.manual_seed(2)
     model = Motif(CFG).cuda()

@@ -21,6 +21,7 @@ _COMMAND_MODULES = (
     "motif_data.pipeline.cli",
     "motif_data.mixer.cli",
     "motif_data.train.cli",
+    "motif_data.kernels.cli",
 )
 
 

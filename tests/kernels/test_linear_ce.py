@@ -114,6 +114,8 @@ def test_dense_refuses_a_non_uniform_upstream_gradient(device):
 
 def test_cpu_default_is_chunked_and_never_builds_full_logits(monkeypatch):
     assert linear_ce.default_backend(torch.device("cpu")) == "chunked"
+    # The CPU has no fp32-output GEMM of bf16 operands, so dense sums each chunk's product instead.
+    assert not linear_ce.gemm_sums_in_fp32(torch.device("cpu"))
     monkeypatch.setattr(linear_ce, "_CHUNK_ELEMENTS", 101 * 8)  # 8 rows of logits at a time
     widest = []
     real_matmul = torch.Tensor.__matmul__
@@ -164,4 +166,22 @@ def test_gpu_backends_match_plain_cross_entropy(backend, reduction, rel_err):
 
 @pytest.mark.gpu
 def test_gpu_default_backend_is_fused():
-    assert linear_ce.default_backend(torch.device("cuda")) in ("dense", "liger")
+    assert linear_ce.default_backend(torch.device("cuda")) == "dense"
+
+
+@pytest.mark.gpu
+def test_gpu_the_fp32_sum_probe_agrees_with_a_float64_check():
+    # The probe decides how dense sums its weight gradient; here the same question is asked at a real size.
+    device = torch.device("cuda", torch.cuda.current_device())
+    a = torch.randn(2048, 768, device=device).bfloat16()
+    b = torch.randn(768, 4096, device=device).bfloat16()
+    acc = torch.randn(2048, 4096, device=device)
+    want = acc.double() + a.double() @ b.double()
+    try:
+        torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
+        works = bool(((acc.double() - want).norm() / want.norm()) < 1e-4)
+    except RuntimeError:
+        works = False
+    assert linear_ce.gemm_sums_in_fp32(device) == works
+    if torch.version.hip is None:
+        assert works  # documented for CUDA

@@ -73,7 +73,7 @@ def resolve_corpus(corpus: str | None, out: Path) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from motif_data.train.config import load_config
-    from motif_data.train.loop import train
+    from motif_data.train.loop import refuse_existing_run, train
     from motif_data.train.plot import plot_losses
 
     cfg = load_config(args.config)
@@ -87,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
     if overrides:
         cfg = cfg.replace(**overrides)
     out = args.out if args.out is not None else Path("runs") / args.config.stem
+    if not args.resume:
+        refuse_existing_run(out)  # before the corpus build too: nothing under --out is touched
     manifest = resolve_corpus(cfg.corpus, out)
     summary = train(cfg, out, manifest, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:

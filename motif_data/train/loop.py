@@ -30,7 +30,7 @@ from motif_data.shards import Manifest
 from motif_data.train.config import TrainConfig
 from motif_data.train.model import Motif, count_parameters, flops_per_token
 
-__all__ = ["train", "domain_loss_sums", "peak_flops", "latest_checkpoint"]
+__all__ = ["train", "refuse_existing_run", "domain_loss_sums", "peak_flops", "latest_checkpoint"]
 
 _CHECKPOINT = re.compile(r"^step-(\d{7})\.pt$")
 
@@ -184,6 +184,15 @@ class _StepResult:
         return cls(step, lr, rope_base, host, _mark(device))
 
 
+def refuse_existing_run(out: Path) -> None:
+    """A finished or interrupted run is never overwritten: its metrics and checkpoints are the user's."""
+    found = [name for name in ("metrics.jsonl", "checkpoints") if (out / name).exists()]
+    if found:
+        raise FileExistsError(
+            f"{out} holds a run already ({', '.join(found)}): pass --resume to continue it, or choose another --out"
+        )
+
+
 def train(
     cfg: TrainConfig, out: str | os.PathLike, manifest_path: str | os.PathLike, *, resume: bool = False
 ) -> dict:
@@ -201,6 +210,8 @@ def train(
 
     out = Path(out)
     ckpt_dir, metrics_path = out / "checkpoints", out / "metrics.jsonl"
+    if not resume:
+        refuse_existing_run(out)
     joined_here = not dist.is_initialized()
     rank, world_size, device = _setup_device(cfg)
     is_main = rank == 0
@@ -279,8 +290,6 @@ def train(
         start_step = state["step"]
         if is_main:
             _keep_metrics_until(metrics_path, start_step)
-    elif is_main and metrics_path.exists():
-        metrics_path.unlink()
 
     flops_token = flops_per_token(model_cfg, cfg.seq_len)
     peak = peak_flops(device, cfg.peak_tflops)

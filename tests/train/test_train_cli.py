@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from motif_data.cli import main as motif_data_main
 from motif_data.train.cli import DEFAULT_CORPUS_CONFIG, register, resolve_corpus
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -81,6 +82,14 @@ def test_train_tiny_builds_the_corpus_trains_plots_and_resumes(small_build_confi
 
     height, width, _ = matplotlib.image.imread(out / "loss.png").shape
     assert width >= 800 and height >= 500
+
+    # The same --out again without --resume: exit 2 with one line, the run left exactly as it was.
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert motif_data_main([*argv, "--steps", "6"]) == 2  # the real entry point: errors become exit code 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds a run already" in err and "--resume" in err
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.rglob("*") if p.is_file()} == before
 
     # Resume with more steps: continues from step 6 (the last checkpoint), the corpus is not rebuilt.
     capsys.readouterr()

@@ -1,33 +1,47 @@
 """Optional adapter for Hugging Face ``transformers.Trainer``: keeps a MixtureDataset's position across
 checkpoints and logs per-domain epochs. Import it only where transformers is installed.
 
-    trainer = Trainer(model, args, train_dataset=dataset, callbacks=[MixtureTrainerCallback(dataset)])
+    trainer = Trainer(model, args, train_dataset=dataset, data_collator=collate_causal_lm,
+                      callbacks=[MixtureTrainerCallback(dataset)])
 
 with ``TrainingArguments(ignore_data_skip=True, per_device_train_batch_size=dataset.batch_size, ...)``:
-the dataset resumes by arithmetic, so the Trainer must not replay batches to skip them.
+the dataset resumes by arithmetic, so the Trainer must not replay batches to skip them. Resuming from a
+checkpoint outside ``output_dir`` (``trainer.train(resume_from_checkpoint=PATH)``): give the callback the
+same path, ``MixtureTrainerCallback(dataset, checkpoint=PATH)``, so the saved data state is checked there.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
+import torch
 from transformers import TrainerCallback
 
 from motif_data.atomic import atomic_write_text
 from motif_data.trainer_hook.dataset import MixtureDataset
 
-__all__ = ["MixtureTrainerCallback", "STATE_FILE"]
+__all__ = ["MixtureTrainerCallback", "collate_causal_lm", "STATE_FILE"]
 
 STATE_FILE = "mixture_state.json"
+
+
+def collate_causal_lm(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """`Trainer`'s data collator for MixtureDataset items: ``input_ids`` and ``labels``, the same seq_len + 1
+    tokens (a transformers causal LM shifts its labels itself, so it learns the seq_len next tokens that the
+    item holds). Without labels the model returns no loss and `Trainer` stops."""
+    ids = torch.stack([item["input_ids"] for item in items])
+    return {"input_ids": ids, "labels": ids.clone()}
 
 
 class MixtureTrainerCallback(TrainerCallback):
     """On save, writes the dataset state into the checkpoint folder; on (re)start, positions the dataset
     at ``global_step × sequences per optimizer step``, checked against the saved state if there is one."""
 
-    def __init__(self, dataset: MixtureDataset):
+    def __init__(self, dataset: MixtureDataset, checkpoint: str | os.PathLike | None = None):
         self.dataset = dataset
+        self.checkpoint = checkpoint  # where a resume outside output_dir loads from
 
     def _sequences_per_step(self, args) -> int:
         return args.gradient_accumulation_steps * self.dataset.global_batch
@@ -47,8 +61,22 @@ class MixtureTrainerCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         self._check_args(args)
         position = state.global_step * self._sequences_per_step(args)
-        saved = Path(args.output_dir) / f"checkpoint-{state.global_step}" / STATE_FILE
-        if state.global_step and saved.is_file():
+        if state.global_step:
+            # A resumed run: the saved data state is checked wherever the checkpoint came from, or the resume
+            # is refused; a stream that silently starts from another seed or schedule is not an option.
+            places = [self.checkpoint, getattr(args, "resume_from_checkpoint", None),
+                      Path(args.output_dir) / f"checkpoint-{state.global_step}"]  # fmt: skip
+            found = [
+                Path(p) / STATE_FILE for p in places if p is not None and (Path(p) / STATE_FILE).is_file()
+            ]
+            if not found:
+                searched = ", ".join(str(p) for p in places if p is not None)
+                raise ValueError(
+                    f"MixtureTrainerCallback: resuming at step {state.global_step} but no {STATE_FILE} in "
+                    f"{searched}: pass MixtureTrainerCallback(dataset, checkpoint=PATH) with the PATH given to "
+                    "trainer.train(resume_from_checkpoint=PATH)"
+                )
+            saved = found[0]
             stored = json.loads(saved.read_text(encoding="utf-8"))
             if stored["position"] != position:
                 raise ValueError(

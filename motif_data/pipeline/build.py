@@ -13,6 +13,7 @@ executor kind or the number of workers.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import shutil
@@ -239,10 +240,50 @@ def _run_stage(executor, kind: str, log: Log, attempts: int = 3) -> None:
             log(f"a Ray job reached executor.time and was killed ({e!r}); running the incomplete tasks again")
 
 
+def _main_guarded(path: str, line: int) -> bool:
+    """Whether line `line` of the script at `path` lies inside an ``if __name__ == "__main__":`` block."""
+    tree = ast.parse(Path(path).read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.If)
+            and isinstance(node.test, ast.Compare)
+            and isinstance(node.test.left, ast.Name)
+            and node.test.left.id == "__name__"
+            and any(isinstance(c, ast.Constant) and c.value == "__main__" for c in node.test.comparators)
+            and node.lineno <= line <= (node.end_lineno or node.lineno)
+        ):
+            return True
+    return False
+
+
+def refuse_unguarded_main() -> None:
+    """Fail fast where datatrove's worker pool would hang: its workers start by re-running the main script
+    (forkserver), so a script that calls `build` at top level, outside ``if __name__ == "__main__":``, starts
+    the build again in every worker, which fails in bootstrapping while the parent waits forever."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "<module>" and frame.f_globals.get("__name__") == "__main__":
+            spec = frame.f_globals.get("__spec__")
+            if spec is not None and spec.name.split(".")[-1] == "__main__":
+                return  # `python -m package`: multiprocessing does not re-run a package's __main__
+            path = frame.f_globals.get("__file__")
+            if path and Path(path).is_file() and not _main_guarded(path, frame.f_lineno):
+                raise RuntimeError(
+                    f"{path}, line {frame.f_lineno}: build() with several workers runs them in new processes "
+                    'that re-run this script; put the call under `if __name__ == "__main__":` (or set '
+                    "[executor] workers = 1)"
+                )
+            return
+        frame = frame.f_back
+
+
 def build(
     config: BuildConfig, out: str | Path | None = None, force: bool = False, log: Log = _stderr
 ) -> Manifest | None:
     """Run (or resume) a build; returns its manifest, or ``None`` for Slurm, whose jobs are only submitted."""
+    if config.executor.kind == "local" and config.executor.workers > 1:
+        refuse_unguarded_main()
     out = Path(out or config.output).absolute()
     config = config.with_output(out)
     _prepare(config, out, force)

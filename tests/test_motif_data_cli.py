@@ -12,6 +12,16 @@ def _subcommands():
     return action.choices
 
 
+def test_the_parser_loads_no_torch_or_triton():
+    # `motif-data --help` (and every subcommand's) must not wait seconds for torch and Triton to import.
+    code = (
+        "import sys; from motif_data.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in ('torch', 'triton', 'datatrove') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_top_level_help_lists_subcommands():
     out = subprocess.run([sys.executable, "-m", "motif_data", "--help"], capture_output=True, text=True)
     assert out.returncode == 0

@@ -1,38 +1,39 @@
 """Fused kernels for Motif-style models in plain Triton (CUDA and ROCm): PolyNorm and PolyNorm ⊙ gate,
-differential attention, fused linear cross-entropy. Each op has a pure-PyTorch reference used off-GPU."""
+differential attention, fused linear cross-entropy. Each op has a pure-PyTorch reference used off-GPU.
 
-from motif_data.kernels.diff_attn import (
-    DifferentialAttention,
-    diff_attention,
-    lambda_init,
-    reference_diff_attention,
-)
-from motif_data.kernels.linear_ce import (
-    LinearCrossEntropy,
-    linear_cross_entropy,
-    reference_linear_cross_entropy,
-)
-from motif_data.kernels.polynorm import (
-    PolyNorm,
-    PolyNormGatedMLP,
-    poly_norm,
-    poly_norm_mul,
-    reference_poly_norm,
-    reference_poly_norm_mul,
-)
+The names below load on first use (PEP 562): importing `motif_data.kernels.cli` or `.targets` — as the
+`motif-data` command does to build its parser — must not pay for importing torch and Triton."""
 
-__all__ = [
-    "poly_norm",
-    "poly_norm_mul",
-    "diff_attention",
-    "linear_cross_entropy",
-    "PolyNorm",
-    "PolyNormGatedMLP",
-    "DifferentialAttention",
-    "LinearCrossEntropy",
-    "lambda_init",
-    "reference_poly_norm",
-    "reference_poly_norm_mul",
-    "reference_diff_attention",
-    "reference_linear_cross_entropy",
-]
+from __future__ import annotations
+
+import importlib
+
+# name → the module of this package that defines it
+_HOME = {
+    "poly_norm": "polynorm",
+    "poly_norm_mul": "polynorm",
+    "PolyNorm": "polynorm",
+    "PolyNormGatedMLP": "polynorm",
+    "reference_poly_norm": "polynorm",
+    "reference_poly_norm_mul": "polynorm",
+    "diff_attention": "diff_attn",
+    "DifferentialAttention": "diff_attn",
+    "lambda_init": "diff_attn",
+    "reference_diff_attention": "diff_attn",
+    "linear_cross_entropy": "linear_ce",
+    "LinearCrossEntropy": "linear_ce",
+    "reference_linear_cross_entropy": "linear_ce",
+}
+__all__ = list(_HOME)
+
+
+def __getattr__(name: str):
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -4,13 +4,14 @@ which target's autotune list and dot precision it takes; and the compile-only mo
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
-from motif_data.kernels.targets import TARGETS, Target, device_arch, dot_precision
+from motif_data.kernels.targets import TARGETS, Target, dot_precision
 
 # Index into each kernel's autotune list to run instead of tuning (tests pin configs to cover each of them
 # without paying for a tuning sweep); None means tune.
@@ -33,6 +34,29 @@ def use_triton(*tensors: torch.Tensor) -> bool:
 def interpreting() -> bool:
     """True under TRITON_INTERPRET=1, where kernels run on the CPU through Triton's interpreter (tests only)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _arch_name(index: int) -> str:
+    props = torch.cuda.get_device_properties(index)
+    if torch.version.hip is not None:
+        return props.gcnArchName.split(":")[0]  # "gfx942:sramecc+:xnack-" → "gfx942"
+    return f"sm_{props.major}{props.minor}"
+
+
+@functools.cache
+def _table_arch(index: int) -> str:
+    name = _arch_name(index)
+    if name in TARGETS:
+        return name
+    # An arch outside the table takes its vendor's most conservative entry: gfx90a's 64 KiB LDS and its lists
+    # (RDNA, older CDNA), sm_89's 99 KiB of shared memory (other NVIDIA GPUs).
+    return "gfx90a" if torch.version.hip is not None else "sm_89"
+
+
+@torch.compiler.assume_constant_result  # a device's arch is fixed for the process: traced as a constant
+def device_arch(index: int) -> str:
+    """The `TARGETS` entry that CUDA/ROCm device `index` compiles as ("sm_90", "gfx942", ...)."""
+    return _table_arch(index)
 
 
 def target_of(device: torch.device) -> Target | None:

@@ -7,12 +7,13 @@ precision and which autotune list a device runs. `motif-data kernels check` comp
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # not imported at run time: the CLI reads this table without loading torch
+    import torch
 
-__all__ = ["Target", "TARGETS", "AMD_ARCHS", "parse_targets", "dot_precision", "device_arch"]
+__all__ = ["Target", "TARGETS", "AMD_ARCHS", "parse_targets", "dot_precision"]
 
 
 @dataclass(frozen=True)
@@ -78,26 +79,3 @@ def dot_precision(dtype: torch.dtype, target: Target | None, *, allow_tf32: bool
     if dtype.itemsize == 4 and allow_tf32 and target.tf32:
         return "tf32"
     return "ieee"
-
-
-def _arch_name(index: int) -> str:
-    props = torch.cuda.get_device_properties(index)
-    if torch.version.hip is not None:
-        return props.gcnArchName.split(":")[0]  # "gfx942:sramecc+:xnack-" → "gfx942"
-    return f"sm_{props.major}{props.minor}"
-
-
-@functools.cache
-def _table_arch(index: int) -> str:
-    name = _arch_name(index)
-    if name in TARGETS:
-        return name
-    # An arch outside the table takes its vendor's most conservative entry: gfx90a's 64 KiB LDS and its lists
-    # (RDNA, older CDNA), sm_89's 99 KiB of shared memory (other NVIDIA GPUs).
-    return "gfx90a" if torch.version.hip is not None else "sm_89"
-
-
-@torch.compiler.assume_constant_result  # a device's arch is fixed for the process: traced as a constant
-def device_arch(index: int) -> str:
-    """The `TARGETS` entry that CUDA/ROCm device `index` compiles as ("sm_90", "gfx942", ...)."""
-    return _table_arch(index)

@@ -1,4 +1,5 @@
-"""Shared test fixtures: where the real text samples and the o200k rank file live; bounded subprocesses."""
+"""Shared test fixtures: real text from the install, the o200k rank file, the optional ../shared samples;
+bounded subprocesses."""
 
 from __future__ import annotations
 
@@ -8,23 +9,53 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from realtext import write_corpus
 
-# ../shared beside the project root holds real text of all eight domains and the o200k rank file.
+# ../shared beside the project root (or $MOTIF_SHARED) may hold larger real samples: optional. Tests that
+# read them take the `shared_data` fixture, which marks them `shared` and skips them where it is absent.
 SHARED = Path(os.environ.get("MOTIF_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 DATA = SHARED / "data"
-O200K_PATH = SHARED / "tokenizers" / "o200k_base.tiktoken"
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects by marker
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        if "shared_data" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.shared)
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    assert DATA.is_dir(), f"real text samples not found at {DATA}; set MOTIF_SHARED"
+    if not DATA.is_dir():
+        pytest.skip(f"large-sample test: needs the real samples at {DATA} (set MOTIF_SHARED to use them)")
     return DATA
 
 
 @pytest.fixture(scope="session")
-def o200k_path() -> Path:
-    assert O200K_PATH.is_file(), f"o200k_base.tiktoken not found at {O200K_PATH}; set MOTIF_SHARED"
-    return O200K_PATH
+def corpus(tmp_path_factory) -> dict[str, Path]:
+    """Real text of all eight domains in real source formats, written from what the test install brings
+    (tests/realtext.py): ``{key: path}``."""
+    return write_corpus(tmp_path_factory.mktemp("realtext"))
+
+
+@pytest.fixture(scope="session")
+def o200k_path(tmp_path_factory) -> Path:
+    """o200k_base.tiktoken as the bpe-openai wheel (the demo extra) ships it, unpacked and checked."""
+    import gzip
+    import hashlib
+    import importlib.util
+
+    from motif_data.tokenizer.base import O200K_FILENAME, O200K_SHA256
+
+    spec = importlib.util.find_spec("bpe_openai")
+    assert spec is not None, "bpe-openai is not installed: pip install -e '.[test]'"
+    data = gzip.decompress(
+        (Path(spec.submodule_search_locations[0]) / "data" / "o200k_base.tiktoken.gz").read_bytes()
+    )
+    assert hashlib.sha256(data).hexdigest() == O200K_SHA256
+    path = tmp_path_factory.mktemp("o200k") / O200K_FILENAME
+    path.write_bytes(data)
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Fixtures of the pipeline tests: slices of the real samples and one reference build over them."""
+"""Fixtures of the pipeline tests: slices of the real-text corpus and one reference build over them."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pipeline_helpers import make_slices, slice_config
 
 
 @pytest.fixture(scope="session")
-def sample_slices(shared_data, tmp_path_factory) -> dict:
-    return make_slices(shared_data, tmp_path_factory.mktemp("slices"))
+def sample_slices(corpus, tmp_path_factory) -> dict:
+    return make_slices(corpus, tmp_path_factory.mktemp("slices"))
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Helpers of the pipeline tests: slices of the real shared samples and build configs over them."""
+"""Helpers of the pipeline tests: slices of the real-text corpus (tests/realtext.py) and build configs over them."""
 
 from __future__ import annotations
 
@@ -6,47 +6,39 @@ from pathlib import Path
 
 import orjson
 import zstandard
+from realtext import read_jsonl_zst
 
-# (domain, file, records kept in the slice)
+# (domain, corpus key, records kept in the slice); a slice's source is named after its file
 SLICES = [
-    ("web", "web/dclm_samples.jsonl.zst", 300),
-    ("multilingual", "multilingual/xquad_contexts.jsonl.zst", 120),
-    ("korean", "korean/kowiki_train.jsonl.zst", 80),
-    ("korean", "korean/nsmc_reviews.jsonl.zst", 400),
-    ("academic", "academic/arxiv_abstracts.jsonl.zst", 120),
-    ("specialized", "specialized/pubmedqa.jsonl.zst", 60),
-    ("code", "code/github_sources.jsonl.zst", 60),
-    ("math", "math/gsm8k_train.jsonl.zst", 150),
-    ("reasoning", "reasoning/gsm8k_socratic.jsonl.zst", 80),
+    ("web", "web", 120),
+    ("multilingual", "multilingual", 100),
+    ("korean", "korean_articles", 80),
+    ("korean", "korean_short", 300),
+    ("academic", "academic", 100),
+    ("specialized", "specialized", 60),
+    ("code", "code", 60),
+    ("math", "math", 90),
+    ("reasoning", "reasoning", 80),
 ]
-PARQUET = ("korean/kowiki_fineweb2_schema.parquet", 60)
-
-
-def read_jsonl_zst(path: Path, limit: int | None = None) -> list[bytes]:
-    """Raw JSON lines of a .jsonl.zst (split on b"\\n" only)."""
-    with open(path, "rb") as f:
-        data = zstandard.ZstdDecompressor().stream_reader(f).read()
-    lines = [line for line in data.split(b"\n") if line.strip()]
-    return lines[:limit] if limit else lines
+PARQUET_ROWS = 60
 
 
 def write_jsonl_zst(path: Path, lines: list[bytes]) -> None:
     path.write_bytes(zstandard.ZstdCompressor().compress(b"".join(line + b"\n" for line in lines)))
 
 
-def make_slices(data: Path, root: Path) -> dict:
-    """``{source name: (domain, path, texts)}`` for slices of every shared sample, in their own formats."""
+def make_slices(corpus: dict[str, Path], root: Path) -> dict:
+    """``{source name: (domain, path, texts)}`` for slices of every corpus file, in their own formats."""
     import pyarrow.parquet as pq
 
     out = {}
-    for domain, rel, n in SLICES:
-        lines = read_jsonl_zst(data / rel, n)
-        path = root / Path(rel).name
+    for domain, key, n in SLICES:
+        lines = read_jsonl_zst(corpus[key], n)
+        path = root / corpus[key].name
         write_jsonl_zst(path, lines)
-        out[Path(rel).name.split(".")[0]] = (domain, path, [orjson.loads(x)["text"] for x in lines])
-    rel, n = PARQUET
-    table = pq.read_table(data / rel).slice(0, n)
-    path = root / Path(rel).name
+        out[path.name.split(".")[0]] = (domain, path, [orjson.loads(x)["text"] for x in lines])
+    table = pq.read_table(corpus["fineweb2"]).slice(0, PARQUET_ROWS)
+    path = root / corpus["fineweb2"].name
     pq.write_table(table, path)
     out["fineweb2"] = ("korean", path, table.column("text").to_pylist())
     return out

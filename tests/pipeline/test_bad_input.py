@@ -22,12 +22,12 @@ def _zst_blocks(lines: list[bytes]) -> bytes:
     return b"".join(parts) + cobj.flush()
 
 
-def _good_lines(shared_data, n: int) -> list[bytes]:
-    return read_jsonl_zst(shared_data / "academic/arxiv_abstracts.jsonl.zst", n)
+def _good_lines(corpus, n: int) -> list[bytes]:
+    return read_jsonl_zst(corpus["academic"], n)
 
 
-def test_malformed_records_and_files_are_counted_per_reason(shared_data, o200k_path, tmp_path):
-    good = _good_lines(shared_data, 40)
+def test_malformed_records_and_files_are_counted_per_reason(corpus, o200k_path, tmp_path):
+    good = _good_lines(corpus, 40)
     base = orjson.loads(good[0])["text"]
     mixed = [
         *good[:20],
@@ -101,11 +101,11 @@ def test_malformed_records_and_files_are_counted_per_reason(shared_data, o200k_p
     assert manifest.domains["academic"].documents == mixed_row["kept"]
 
 
-def test_truncated_zst_keeps_every_complete_line_before_the_cut(shared_data, tmp_path):
+def test_truncated_zst_keeps_every_complete_line_before_the_cut(corpus, tmp_path):
     from motif_data.pipeline.config import SourceConfig
     from motif_data.pipeline.readers import read_records
 
-    good = _good_lines(shared_data, 30)
+    good = _good_lines(corpus, 30)
     whole = _zst_blocks(good)
     cut = whole[: len(whole) // 2]
     path = tmp_path / "cut.jsonl.zst"

@@ -1,4 +1,4 @@
-"""End-to-end builds over slices of the real shared samples."""
+"""End-to-end builds over slices of the real-text corpus."""
 
 from __future__ import annotations
 
@@ -69,8 +69,8 @@ def test_accounting_counts_every_input_record(reference_build, sample_slices):
         assert sum(rows.get(d, {}).get("kept", 0) for rows in stats.values()) == manifest.domains[d].documents
         assert sum(rows.get(d, {}).get("tokens", 0) for rows in stats.values()) == manifest.domains[d].tokens
     # the code slice holds files with empty text: counted, not silently skipped as datatrove's readers do
-    n_empty = sum(1 for t in sample_slices["github_sources"][2] if not t.strip())
-    assert stats["github_sources"]["code"]["errored"].get("empty_text", 0) == n_empty
+    n_empty = sum(1 for t in sample_slices["stdlib_sources"][2] if not t.strip())
+    assert stats["stdlib_sources"]["code"]["errored"].get("empty_text", 0) == n_empty
 
 
 def test_cli_build_with_out_is_byte_identical_and_never_overwrites_without_force(
@@ -116,7 +116,7 @@ def test_foreign_or_other_config_directories_are_refused_before_any_work(sample_
     assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
 
 
-def test_tokenize_step_encodes_nfd_korean_as_its_nfc_form(o200k_path, o200k, shared_data):
+def test_tokenize_step_encodes_nfd_korean_as_its_nfc_form(o200k_path, o200k):
     from datatrove.data import Document
 
     from motif_data.pipeline.config import SourceConfig

@@ -100,8 +100,8 @@ def test_bad_config_fails_fast_with_every_problem_listed(tmp_path):
         assert needle in msg, needle
 
 
-def test_yaml_and_toml_give_the_same_config(tmp_path, shared_data):
-    path = str(shared_data / "web/dclm_samples.jsonl.zst")
+def test_yaml_and_toml_give_the_same_config(tmp_path, corpus):
+    path = str(corpus["web"])
     toml = f'output = "out"\n[[sources]]\nname = "w"\nformat = "dclm"\npaths = ["{path}"]\ndomain = "web"\n'
     (tmp_path / "c.toml").write_text(toml)
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(tomllib.loads(toml)))
@@ -109,7 +109,7 @@ def test_yaml_and_toml_give_the_same_config(tmp_path, shared_data):
     assert a.fingerprint() == b.fingerprint() and a.output == b.output == str(tmp_path / "out")
 
 
-def test_dry_run_plan_lists_sources_domains_and_file_counts():
+def test_dry_run_plan_lists_sources_domains_and_file_counts(shared_data):
     plan = describe_plan(load_config(CONFIGS / "shared-sample.toml"), "/tmp/plan-only")
     assert "/tmp/plan-only" in plan
     assert "kowiki" in plan and "korean" in plan and "minhash-buckets" in plan

@@ -32,12 +32,14 @@ def _substitute(text: str, k: int, rng: random.Random) -> str:
     return " ".join(words)
 
 
-def test_dedup_precision_and_recall_on_injected_duplicates(shared_data, o200k_path, tmp_path):
+def test_dedup_precision_and_recall_on_injected_duplicates(corpus, o200k_path, tmp_path):
     rng = random.Random(0)
+    # long real documents of several kinds: web pages, licences, docstrings citing literature
     texts = [
         orjson.loads(x)["text"]
-        for x in read_jsonl_zst(shared_data / "academic/arxiv_abstracts.jsonl.zst", 400)
-    ]
+        for key in ("web", "specialized", "academic")
+        for x in read_jsonl_zst(corpus[key])
+    ][:400]
     bases: list[str] = []
     for t in texts:  # bases must be far from each other, or "duplicates" would be ambiguous
         if len(t.split()) >= 120 and all(jaccard_5gram(t, b) < 0.3 for b in bases):

@@ -1,4 +1,4 @@
-"""Source formats beyond the shared samples' own: `hf` (datasets streaming), plain text files, fsspec URLs."""
+"""Source formats beyond the corpus files' own: `hf` (datasets streaming), plain text files, fsspec URLs."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def test_hf_text_and_url_sources_build_with_every_record_accounted(sample_slices
         o200k, tmp_path / "tokenizer"
     )  # a tokenizer directory, as `motif-data tokenizer` writes
     _, parquet, parquet_texts = sample_slices["fineweb2"]
-    _, kowiki, kowiki_texts = sample_slices["kowiki_train"]
+    _, kowiki, kowiki_texts = sample_slices["konlpy_articles"]
     text_dir = tmp_path / "texts"
     text_dir.mkdir()
     for i, t in enumerate(kowiki_texts[:5]):
@@ -75,7 +75,7 @@ def test_quality_filters_drop_with_reasons_and_language_id_without_model_is_skip
 
     from motif_data.pipeline.words import ScriptWordTokenizer
 
-    _, dclm, texts = sample_slices["dclm_samples"]
+    _, dclm, texts = sample_slices["pydoc_dclm"]
     filters = {
         "quality": ["gopher", "c4", "fineweb"],
         "language_id": {"languages": ["en"], "model": "/nonexistent"},

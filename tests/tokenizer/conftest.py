@@ -7,17 +7,16 @@ from pathlib import Path
 
 import orjson
 import pytest
-from tokhelpers import cli, make_fuzz, read_jsonl_zst
+from tokhelpers import cli, make_fuzz, read_texts
 
 SMALL_MERGES = 1500  # enough for multi-level merges; the full-size run is measured by the benchmark
 
 
 @pytest.fixture(scope="session")
-def small_corpus(shared_data, tmp_path_factory) -> Path:
-    """~1.5 MB of Korean: the first 120 Wikipedia articles and 6,000 movie reviews, as plain JSON Lines."""
+def small_corpus(corpus, tmp_path_factory) -> Path:
+    """~140 KB of Korean: all of KoNLPy's bills and constitution, as plain JSON Lines."""
     out = tmp_path_factory.mktemp("corpus") / "ko_small.jsonl"
-    texts = read_jsonl_zst(shared_data / "korean" / "kowiki_train.jsonl.zst", 120)
-    texts += read_jsonl_zst(shared_data / "korean" / "nsmc_reviews.jsonl.zst", 6000)
+    texts = read_texts(corpus["korean_articles"]) + read_texts(corpus["korean_short"])
     out.write_bytes(b"".join(orjson.dumps({"text": t}) + b"\n" for t in texts))
     return out
 
@@ -45,9 +44,9 @@ def trained(trained_dir):
 
 
 @pytest.fixture(scope="session")
-def words(shared_data) -> tuple[list[str], list[str]]:
-    korean = " ".join(read_jsonl_zst(shared_data / "korean" / "nsmc_reviews.jsonl.zst", 3000)).split()
-    english = " ".join(read_jsonl_zst(shared_data / "web" / "dclm_samples.jsonl.zst", 100)).split()
+def words(corpus) -> tuple[list[str], list[str]]:
+    korean = " ".join(read_texts(corpus["korean_short"])).split()
+    english = " ".join(read_texts(corpus["web"], 100)).split()
     return korean, english
 
 

@@ -2,30 +2,21 @@ import unicodedata
 
 import pytest
 from tokenizers import Tokenizer
-from tokhelpers import cli, no_hangul, read_jsonl_zst
+from tokhelpers import cli, no_hangul, read_texts
 
 from motif_data.tokenizer import fingerprint, load
 from motif_data.tokenizer.evaluate import hf_parity, unreachable_tokens
 from motif_data.tokenizer.export import HF_FILE, RANKS_FILE
 
-DOMAIN_FILES = [
-    "korean/kowiki_train.jsonl.zst",
-    "korean/nsmc_reviews.jsonl.zst",
-    "web/dclm_samples.jsonl.zst",
-    "academic/arxiv_abstracts.jsonl.zst",
-    "specialized/pubmedqa.jsonl.zst",
-    "code/github_sources.jsonl.zst",
-    "math/gsm8k_train.jsonl.zst",
-    "reasoning/gsm8k_socratic.jsonl.zst",
-    "multilingual/xquad_contexts.jsonl.zst",
-]
-
 
 @pytest.fixture(scope="module")
-def shared_docs(shared_data):
-    """The first 150 documents of every shared sample file (NFC), the unit the corpus builder encodes."""
+def real_docs(corpus):
+    """The first 150 documents of every corpus file (NFC), the unit the corpus builder encodes."""
     return [
-        unicodedata.normalize("NFC", t) for f in DOMAIN_FILES for t in read_jsonl_zst(shared_data / f, 150)
+        unicodedata.normalize("NFC", t)
+        for path in corpus.values()
+        if path.suffix == ".zst"
+        for t in read_texts(path, 150)
     ]
 
 
@@ -34,15 +25,15 @@ def _parity_ok(report):
     assert report["decode_failures"] == 0
 
 
-def test_hf_tokenizer_json_matches_tiktoken_on_fuzz_and_shared_samples(
-    trained_dir, trained, fuzz_texts, shared_docs
+def test_hf_tokenizer_json_matches_tiktoken_on_fuzz_and_real_text(
+    trained_dir, trained, fuzz_texts, real_docs
 ):
     hf = Tokenizer.from_file(str(trained_dir / HF_FILE))
     assert hf.get_vocab_size(with_added_tokens=True) == trained.n_vocab
     fuzz = hf_parity(trained, hf, fuzz_texts)
     assert fuzz["checked"] == 10_000
     _parity_ok(fuzz)
-    _parity_ok(hf_parity(trained, hf, shared_docs))
+    _parity_ok(hf_parity(trained, hf, real_docs))
     # Specials: the HF tokenizer maps each one to tiktoken's id.
     for name, token_id in trained._special_tokens.items():
         assert hf.token_to_id(name) == token_id
@@ -73,11 +64,11 @@ def test_learned_tokens_are_all_reachable(trained):
     assert unreachable_tokens(trained) == []
 
 
-def test_text_without_hangul_keeps_o200k_ids(trained, o200k, shared_docs, fuzz_texts):
+def test_text_without_hangul_keeps_o200k_ids(trained, o200k, real_docs, fuzz_texts):
     """Default (Hangul-only) training: English, code, math, other scripts and fuzz encode exactly as o200k."""
-    samples = [no_hangul(t) for t in shared_docs + fuzz_texts]
+    samples = [no_hangul(t) for t in real_docs + fuzz_texts]
     assert trained.encode_ordinary_batch(samples) == o200k.encode_ordinary_batch(samples)
-    korean = [t for t in shared_docs if t != no_hangul(t)]
+    korean = [t for t in real_docs if t != no_hangul(t)]
     assert sum(map(len, trained.encode_ordinary_batch(korean))) < 0.9 * sum(
         map(len, o200k.encode_ordinary_batch(korean))
     )

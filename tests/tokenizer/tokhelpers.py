@@ -1,4 +1,4 @@
-"""Helpers shared by the tokenizer tests: reading the shared samples, fuzz strings, stripping Hangul."""
+"""Helpers shared by the tokenizer tests: reading the corpus' texts, fuzz strings, stripping Hangul."""
 
 from __future__ import annotations
 
@@ -7,13 +7,12 @@ import unicodedata
 from pathlib import Path
 
 import orjson
-import zstandard
+from realtext import read_jsonl_zst
 
 
-def read_jsonl_zst(path: Path, limit: int | None = None) -> list[str]:
-    data = zstandard.ZstdDecompressor().stream_reader(open(path, "rb")).read()
-    lines = [line for line in data.split(b"\n") if line][:limit]
-    return [orjson.loads(line)["text"] for line in lines]
+def read_texts(path: Path, limit: int | None = None) -> list[str]:
+    """The `text` of the first `limit` records of a .jsonl.zst."""
+    return [orjson.loads(line)["text"] for line in read_jsonl_zst(path, limit)]
 
 
 _EMOJI = ["👩\u200d💻", "👨\u200d👩\u200d👧\u200d👦", "🏳️\u200d🌈", "🙂", "👍🏽", "🇰🇷", "❤️\u200d🔥"]

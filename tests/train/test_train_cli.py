@@ -23,8 +23,8 @@ def main(argv: list[str]) -> int:
 
 
 @pytest.fixture(scope="module")
-def small_build_config(tmp_path_factory, shared_data, o200k_path) -> Path:
-    """Two small real sources (GSM8K Socratic → reasoning, PubMedQA → specialized): builds in seconds."""
+def small_build_config(tmp_path_factory, corpus, o200k_path) -> Path:
+    """Two small real sources (SymPy solver docstrings → reasoning, licences → specialized): builds in seconds."""
     root = tmp_path_factory.mktemp("train-cli")
     (root / "build.toml").write_text(
         f"""
@@ -39,14 +39,14 @@ kind = "local"
 tasks = 1
 workers = 1
 [[sources]]
-name = "socratic"
+name = "solvers"
 format = "jsonl"
-paths = ["{shared_data / "reasoning" / "gsm8k_socratic.jsonl.zst"}"]
+paths = ["{corpus["reasoning"]}"]
 domain = "reasoning"
 [[sources]]
-name = "pubmedqa"
+name = "licences"
 format = "jsonl"
-paths = ["{shared_data / "specialized" / "pubmedqa.jsonl.zst"}"]
+paths = ["{corpus["specialized"]}"]
 domain = "specialized"
 """
     )

@@ -58,15 +58,11 @@ def test_one_epoch_of_a_domain_covers_every_window_once_and_the_next_epoch_reshu
         strict.locate(n - 3, n + 3)
 
 
-def test_packing_keeps_every_token_of_real_documents(tmp_path, shared_data, o200k, build_tools):
+def test_packing_keeps_every_token_of_real_documents(tmp_path, corpus, o200k, build_tools):
     _, write_build = build_tools
     import zstandard
 
-    raw = (
-        zstandard.ZstdDecompressor()
-        .stream_reader(open(shared_data / "math/gsm8k_train.jsonl.zst", "rb"))
-        .read()
-    )
+    raw = zstandard.ZstdDecompressor().stream_reader(open(corpus["math"], "rb")).read()
     import json
 
     texts = [json.loads(line)["text"] for line in raw.decode().split("\n")[:60] if line]

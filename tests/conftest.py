@@ -9,7 +9,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from realtext import write_corpus
 
 # ../shared beside the project root (or $MOTIF_SHARED) may hold larger real samples: optional. Tests that
 # read them take the `shared_data` fixture, which marks them `shared` and skips them where it is absent.
@@ -35,6 +34,8 @@ def shared_data() -> Path:
 def corpus(tmp_path_factory) -> dict[str, Path]:
     """Real text of all eight domains in real source formats, written from what the test install brings
     (tests/realtext.py): ``{key: path}``."""
+    from realtext import write_corpus  # here, not at the top: GPU-only runs lack the data libraries
+
     return write_corpus(tmp_path_factory.mktemp("realtext"))
 
 

@@ -72,7 +72,7 @@ def resolve_corpus(corpus: str | None, out: Path) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from motif_data.train.config import load_config
-    from motif_data.train.loop import refuse_existing_run, train
+    from motif_data.train.loop import finished_summary, refuse_existing_run, train
     from motif_data.train.plot import plot_losses
 
     cfg = load_config(args.config)
@@ -88,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
     out = args.out if args.out is not None else Path("runs") / args.config.stem
     if not args.resume:
         refuse_existing_run(out)  # before the corpus build too: nothing under --out is touched
+    elif finished_summary(out, cfg.steps) is not None:  # nothing to do: no rebuild, no re-plot
+        return 0
     manifest = resolve_corpus(cfg.corpus, out)
     summary = train(cfg, out, manifest, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:

@@ -30,7 +30,14 @@ from motif_data.shards import Manifest
 from motif_data.train.config import TrainConfig
 from motif_data.train.model import Motif, count_parameters, flops_per_token
 
-__all__ = ["train", "refuse_existing_run", "domain_loss_sums", "peak_flops", "latest_checkpoint"]
+__all__ = [
+    "train",
+    "refuse_existing_run",
+    "domain_loss_sums",
+    "peak_flops",
+    "latest_checkpoint",
+    "finished_summary",
+]
 
 _CHECKPOINT = re.compile(r"^step-(\d{7})\.pt$")
 
@@ -72,6 +79,18 @@ def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
         else []
     )
     return found[-1] if found else None
+
+
+def finished_summary(out: Path, steps: int) -> dict | None:
+    """The summary of a run in ``out`` that already reached ``steps`` (its last checkpoint and summary.json
+    are there), saying so on stdout; else None. Resuming such a run has nothing to do and must not rewrite
+    anything."""
+    ckpt = latest_checkpoint(out / "checkpoints")
+    summary = out / "summary.json"
+    if ckpt is None or int(_CHECKPOINT.match(ckpt.name).group(1)) < steps or not summary.is_file():
+        return None
+    print(f"train: {out} finished at step {steps} already: nothing to do (raise train.steps to go on)")
+    return json.loads(summary.read_text())
 
 
 def _rng_state() -> dict:
@@ -212,6 +231,8 @@ def train(
     ckpt_dir, metrics_path = out / "checkpoints", out / "metrics.jsonl"
     if not resume:
         refuse_existing_run(out)
+    elif (finished := finished_summary(out, cfg.steps)) is not None:
+        return finished
     joined_here = not dist.is_initialized()
     rank, world_size, device = _setup_device(cfg)
     is_main = rank == 0

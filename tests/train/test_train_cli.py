@@ -99,6 +99,12 @@ def test_train_tiny_builds_the_corpus_trains_plots_and_resumes(small_build_confi
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 9))
 
+    # Resume of the finished run: exit 0, says so, touches nothing (it crashed and nulled summary.json).
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.rglob("*") if p.is_file()}
+    assert main([*argv, "--steps", "8", "--resume"]) == 0
+    assert "finished at step 8 already: nothing to do" in capsys.readouterr().out
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.rglob("*") if p.is_file()} == before
+
 
 def test_bad_config_fails_before_any_work(tmp_path):
     bad = tmp_path / "bad.toml"

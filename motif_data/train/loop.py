@@ -16,6 +16,7 @@ import random
 import re
 import statistics
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -140,10 +141,29 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def _keep_metrics_until(path: Path, step: int) -> None:
-    """On resume, drop lines logged after the checkpoint so the file reads as one uninterrupted run."""
-    if path.exists():
-        lines = [line for line in path.read_text(encoding="utf-8").split("\n") if line]
-        atomic_write_text(path, "".join(line + "\n" for line in lines if json.loads(line)["step"] <= step))
+    """On resume, drop lines logged after the checkpoint so the file reads as one uninterrupted run.
+
+    A last line with no newline that is not JSON is a write cut short by a kill: dropped, with a warning.
+    Any other line that is not JSON stops the resume, naming the file and line."""
+    if not path.exists():
+        return
+    lines = path.read_text(encoding="utf-8").split("\n")
+    kept = []
+    for number, line in enumerate(lines, 1):
+        if not line:
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):  # no newline after it: torn
+                warnings.warn(
+                    f"{path}: dropped its torn last line (an interrupted write): {line[:60]!r}", stacklevel=3
+                )
+                continue
+            raise ValueError(f"{path}, line {number}: not JSON; fix or remove that line to resume") from None
+        if record["step"] <= step:
+            kept.append(line + "\n")
+    atomic_write_text(path, "".join(kept))
 
 
 def _all_ranks(counters, world_size: int):

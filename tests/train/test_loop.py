@@ -36,15 +36,20 @@ def test_resume_continues_exactly_as_an_uninterrupted_run(tmp_path, synthetic_ma
     cfg = config(steps=8, ckpt_every=3, keep_checkpoints=5, sma_every=2, sma_window=3)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     train(cfg, straight, synthetic_manifest)
-    # The "crash": a run that got as far as its step-3 checkpoint, with a metrics line past it.
+    # The "crash": a run that got as far as its step-3 checkpoint, with a metrics line past it and the next
+    # line torn by the kill (no newline, not JSON).
     train(cfg, resumed, synthetic_manifest)
     for later in ("step-0000006.pt", "step-0000008.pt"):
         (resumed / "checkpoints" / later).unlink()
     (resumed / "model-sma.pt").unlink()
     assert latest_checkpoint(resumed / "checkpoints").name == "step-0000003.pt"
     with open(resumed / "metrics.jsonl", "w") as f:
-        f.write("".join(json.dumps(r) + "\n" for r in metrics(straight)[:4]))
-    train(cfg, resumed, synthetic_manifest, resume=True)
+        f.write(
+            "".join(json.dumps(r) + "\n" for r in metrics(straight)[:4])
+            + json.dumps(metrics(straight)[4])[:25]
+        )
+    with pytest.warns(UserWarning, match=r"metrics\.jsonl: dropped its torn last line"):
+        train(cfg, resumed, synthetic_manifest, resume=True)
 
     a, b = metrics(straight), metrics(resumed)
     assert [r["step"] for r in b] == list(range(1, 9))
@@ -63,6 +68,15 @@ def test_resume_continues_exactly_as_an_uninterrupted_run(tmp_path, synthetic_ma
         json.loads((resumed / "summary.json").read_text())["domain_tokens"]
         == json.loads((straight / "summary.json").read_text())["domain_tokens"]
     )
+
+
+def test_resume_names_the_file_and_line_of_a_broken_metrics_line(tmp_path, synthetic_manifest):
+    cfg = config(steps=4, ckpt_every=2)
+    train(cfg, tmp_path, synthetic_manifest)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    (tmp_path / "metrics.jsonl").write_text("\n".join([lines[0], "{not json", *lines[1:]]) + "\n")
+    with pytest.raises(ValueError, match=r"metrics\.jsonl, line 2: not JSON"):
+        train(cfg.replace(steps=6), tmp_path, synthetic_manifest, resume=True)
 
 
 def test_gradient_accumulation_matches_one_larger_batch(tmp_path, synthetic_manifest):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import hashlib
 import json
 import math
 import os
@@ -27,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from motif_data import DOMAINS
 from motif_data.atomic import atomic_open, atomic_write_text
 from motif_data.kernels.linear_ce import default_backend
-from motif_data.shards import Manifest
+from motif_data.shards import Manifest, file_sha256
 from motif_data.train.config import TrainConfig
 from motif_data.train.model import Motif, count_parameters, flops_per_token
 
@@ -38,6 +39,7 @@ __all__ = [
     "peak_flops",
     "latest_checkpoint",
     "finished_summary",
+    "run_identity",
 ]
 
 _CHECKPOINT = re.compile(r"^step-(\d{7})\.pt$")
@@ -109,11 +111,28 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
+# The settings that make a run's token stream and optimizer trajectory what they are. Not among them: steps
+# (a resume may raise it; fit_schedule's tie to it is checked by the loader state), execution and logging.
+_RUN_FIELDS = (
+    "schedule", "fit_schedule", "seq_len", "micro_batch", "grad_accum", "seed", "lr", "warmup_steps",
+    "decay_fraction", "min_lr_ratio", "weight_decay", "beta1", "beta2", "grad_clip", "rope_switch_step",
+    "rope_base_after", "sma_every", "sma_window",
+)  # fmt: skip
+
+
+def run_identity(cfg: TrainConfig, model: dict, manifest_path: str | os.PathLike) -> str:
+    """16 hex digits naming a run: its model, the `_RUN_FIELDS` of its config and its corpus's manifest."""
+    fields = {name: getattr(cfg, name) for name in _RUN_FIELDS}
+    data = {"model": model, "train": fields, "corpus": file_sha256(manifest_path)}
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def _save(path: Path, state: dict, keep: int | None = None) -> None:
     with atomic_open(path, "wb") as f:
         torch.save(state, f)
-    if keep is not None:
-        for old in sorted(p for p in path.parent.glob("step-*.pt") if _CHECKPOINT.match(p.name))[:-keep]:
+    if keep is not None:  # the newest `keep`, never the file just written
+        found = sorted(p for p in path.parent.glob("step-*.pt") if _CHECKPOINT.match(p.name) and p != path)
+        for old in found[: max(0, len(found) - (keep - 1))]:
             old.unlink()
 
 
@@ -303,6 +322,7 @@ def train(
     averager = CheckpointAverager(cfg.sma_window, cfg.sma_every * tokens_per_step) if cfg.sma_every else None
 
     start_step = 0
+    identity = run_identity(cfg, dataclasses.asdict(model_cfg), manifest_path)
     if resume:
         ckpt_path = latest_checkpoint(ckpt_dir)
         if ckpt_path is None:
@@ -311,6 +331,12 @@ def train(
         if state["model_config"] != dataclasses.asdict(model_cfg):
             raise ValueError(
                 f"{ckpt_path} holds another model ({state['model_config']}): resume with its config"
+            )
+        theirs = state.get("run", "none (written before run identities)")
+        if theirs != identity:
+            raise ValueError(
+                f"{ckpt_path} is another run's checkpoint (run {theirs}; this config and corpus are run "
+                f"{identity}): resume with that run's config and corpus, or train into another --out"
             )
         raw_model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -433,6 +459,7 @@ def train(
             since, pending = pending.end, None
             state = {
                 "step": done,
+                "run": identity,
                 "model_config": dataclasses.asdict(model_cfg),
                 "model": raw_model.state_dict(),
                 "optimizer": optimizer.state_dict(),

@@ -79,6 +79,31 @@ def test_resume_names_the_file_and_line_of_a_broken_metrics_line(tmp_path, synth
         train(cfg.replace(steps=6), tmp_path, synthetic_manifest, resume=True)
 
 
+def test_resume_refuses_another_runs_checkpoint_naming_both_runs(tmp_path, synthetic_manifest):
+    cfg = config(steps=4, ckpt_every=2)
+    train(cfg, tmp_path, synthetic_manifest)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    # another learning rate is another run: it crashed after loading, or went on silently, before
+    with pytest.raises(
+        ValueError, match=r"another run's checkpoint \(run [0-9a-f]{16}; .* run [0-9a-f]{16}\)"
+    ):
+        train(cfg.replace(steps=6, lr=5e-3), tmp_path, synthetic_manifest, resume=True)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    train(
+        cfg.replace(steps=6, log_every=3), tmp_path, synthetic_manifest, resume=True
+    )  # steps, logging: same run
+    assert latest_checkpoint(tmp_path / "checkpoints").name == "step-0000006.pt"
+
+
+def test_retention_never_deletes_the_checkpoint_just_written(tmp_path):
+    from motif_data.train.loop import _save
+
+    for step in (20, 30):  # left by some other run, sorting after this one's
+        torch.save({}, tmp_path / f"step-{step:07d}.pt")
+    _save(tmp_path / "step-0000010.pt", {"step": 10}, keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-0000010.pt", "step-0000030.pt"]
+
+
 def test_gradient_accumulation_matches_one_larger_batch(tmp_path, synthetic_manifest):
     big = train(config(micro_batch=4, grad_accum=1, steps=3), tmp_path / "big", synthetic_manifest)
     accumulated = train(config(micro_batch=2, grad_accum=2, steps=3), tmp_path / "acc", synthetic_manifest)

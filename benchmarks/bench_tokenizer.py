@@ -65,14 +65,14 @@ def _speeds(texts: list[str], encoders: dict, rounds: int = 5) -> dict[str, floa
 def _konlpy_documents(out: Path) -> Path | None:
     """KoNLPy's Korean corpora (constitution, National Assembly bills), one document a file: Korean from a
     source and genre the tokenizer never saw. None where KoNLPy (the demo extra) is not installed."""
-    import importlib.util
-
     import orjson
 
-    spec = importlib.util.find_spec("konlpy")
-    if spec is None:
+    from motif_data.demo.sources import MissingExtra, konlpy_corpus
+
+    try:
+        corpus = konlpy_corpus()
+    except MissingExtra:
         return None
-    corpus = Path(spec.submodule_search_locations[0]) / "data" / "corpus"
     path = out / "konlpy_law.jsonl"
     path.write_bytes(
         b"".join(

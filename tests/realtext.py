@@ -17,9 +17,7 @@ SymPy docstrings and the licence texts of the installed packages.
 
 from __future__ import annotations
 
-import re
 import sysconfig
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -27,7 +25,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zstandard
 
-__all__ = ["FILES", "write_corpus", "read_jsonl_zst"]
+from motif_data.demo.sources import OFFLINE_SOURCES, konlpy_corpus, paragraph_groups
+
+__all__ = ["FILES", "write_corpus", "read_jsonl_zst", "write_jsonl_zst"]
 
 FILES = {
     "korean_articles": "korean/konlpy_articles.jsonl.zst",
@@ -52,46 +52,29 @@ def read_jsonl_zst(path: Path, limit: int | None = None) -> list[bytes]:
     return lines[:limit] if limit else lines
 
 
-def _write_jsonl_zst(path: Path, records: list[dict]) -> None:
+def write_jsonl_zst(path: Path, lines: list[bytes]) -> None:
+    """JSON lines (bytes, one record each) as one zstd frame."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(zstandard.ZstdCompressor().compress(b"".join(orjson.dumps(r) + b"\n" for r in records)))
+    path.write_bytes(zstandard.ZstdCompressor().compress(b"".join(line + b"\n" for line in lines)))
 
 
-def _split(text: str, min_bytes: int) -> Iterator[str]:
-    """Consecutive paragraphs joined until a document holds `min_bytes`: page- or abstract-sized documents
-    from long harvested texts."""
-    group: list[str] = []
-    for para in re.split(r"\n\s*\n", text):
-        if para.strip():
-            group.append(para.strip())
-        if group and sum(len(p.encode()) for p in group) >= min_bytes:
-            yield "\n\n".join(group)
-            group = []
-    if group:
-        yield "\n\n".join(group)
+def _write_records(path: Path, records: list[dict]) -> None:
+    write_jsonl_zst(path, [orjson.dumps(r) for r in records])
 
 
 def _harvested(name: str, min_bytes: int | None) -> list[str]:
     """One harvested source's documents, cut to about `min_bytes` each (None: kept whole)."""
-    from motif_data.demo.sources import OFFLINE_SOURCES
-
     source = next(s for s in OFFLINE_SOURCES if s.name == name)
     docs = list(source.documents(_BUDGET))
-    return docs if min_bytes is None else [d for doc in docs for d in _split(doc, min_bytes)]
-
-
-def _konlpy() -> Path:
-    import konlpy
-
-    return Path(konlpy.__file__).parent / "data" / "corpus"
+    return docs if min_bytes is None else [d for doc in docs for d in paragraph_groups(doc, min_bytes)]
 
 
 def _korean_articles() -> list[dict]:
     out = []
-    for path in sorted((_konlpy() / "kobill").glob("*.txt")):
+    for path in sorted((konlpy_corpus() / "kobill").glob("*.txt")):
         text = path.read_text(encoding="utf-8")
         title = text.strip().splitlines()[0].strip()
-        for i, part in enumerate(_split(text, 600)):
+        for i, part in enumerate(paragraph_groups(text, 600)):
             out.append(
                 {
                     "id": f"{path.stem}-{i}",
@@ -104,7 +87,7 @@ def _korean_articles() -> list[dict]:
 
 
 def _korean_lines() -> list[dict]:
-    lines = (_konlpy() / "kolaw" / "constitution.txt").read_text(encoding="utf-8").split("\n")
+    lines = (konlpy_corpus() / "kolaw" / "constitution.txt").read_text(encoding="utf-8").split("\n")
     return [{"id": f"constitution-{i}", "text": t.strip()} for i, t in enumerate(lines) if t.strip()]
 
 
@@ -175,11 +158,11 @@ def write_corpus(root: Path) -> dict[str, Path]:
     """Write every file of `FILES` under `root`; returns `{key: path}`."""
     paths = {key: root / rel for key, rel in FILES.items()}
     articles = _korean_articles()
-    _write_jsonl_zst(paths["korean_articles"], articles)
-    _write_jsonl_zst(paths["korean_short"], _korean_lines())
+    _write_records(paths["korean_articles"], articles)
+    _write_records(paths["korean_short"], _korean_lines())
     pq.write_table(_fineweb2(articles), paths["fineweb2"])
-    _write_jsonl_zst(paths["web"], _dclm(_harvested("python-docs", 3000)))
-    _write_jsonl_zst(paths["code"], _code())
+    _write_records(paths["web"], _dclm(_harvested("python-docs", 3000)))
+    _write_records(paths["code"], _code())
     for key, name, min_bytes in (
         ("multilingual", "babel-cldr", None),
         ("academic", "sympy-refs", None),
@@ -187,5 +170,5 @@ def write_corpus(root: Path) -> dict[str, Path]:
         ("math", "sympy-ntheory", None),
         ("reasoning", "sympy-solvers", None),
     ):
-        _write_jsonl_zst(paths[key], _plain(name, min_bytes))
+        _write_records(paths[key], _plain(name, min_bytes))
     return paths

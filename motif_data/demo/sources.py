@@ -17,7 +17,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["OfflineSource", "OFFLINE_SOURCES", "MissingExtra", "harvest", "check_installed"]
+__all__ = [
+    "OfflineSource",
+    "OFFLINE_SOURCES",
+    "MissingExtra",
+    "harvest",
+    "check_installed",
+    "konlpy_corpus",
+    "paragraph_groups",
+]
 
 #: Packages the offline sources read text from (the ``demo`` extra, plus SymPy, which torch brings).
 _PACKAGES = ("konlpy", "babel", "sympy")
@@ -107,13 +115,17 @@ def _python_sources(budget: int) -> Iterator[str]:
     return _budgeted((p.read_text(encoding="utf-8", errors="replace") for p in files), budget)
 
 
+def konlpy_corpus() -> Path:
+    """The folder of KoNLPy's Korean corpora (``kolaw/``: the constitution, ``kobill/``: bills), as .txt files."""
+    return Path(_need("konlpy").__file__).parent / "data" / "corpus"
+
+
 def _korean(budget: int) -> Iterator[str]:
-    corpus = Path(_need("konlpy").__file__).parent / "data" / "corpus"
-    files = sorted(corpus.glob("*/*.txt"))
-    return _budgeted((d for f in files for d in _paragraph_groups(f.read_text(encoding="utf-8"))), budget)
+    files = sorted(konlpy_corpus().glob("*/*.txt"))
+    return _budgeted((d for f in files for d in paragraph_groups(f.read_text(encoding="utf-8"))), budget)
 
 
-def _paragraph_groups(text: str, min_bytes: int = 600) -> Iterator[str]:
+def paragraph_groups(text: str, min_bytes: int = 600) -> Iterator[str]:
     """Consecutive paragraphs joined until a document holds ``min_bytes``: the constitution's articles and
     the bills' sections become a few hundred documents instead of a handful of files or thousands of lines."""
     group: list[str] = []

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import orjson
-import zstandard
-from realtext import read_jsonl_zst
+from realtext import read_jsonl_zst, write_jsonl_zst
 
 # (domain, corpus key, records kept in the slice); a slice's source is named after its file
 SLICES = [
@@ -21,10 +20,6 @@ SLICES = [
     ("reasoning", "reasoning", 80),
 ]
 PARQUET_ROWS = 60
-
-
-def write_jsonl_zst(path: Path, lines: list[bytes]) -> None:
-    path.write_bytes(zstandard.ZstdCompressor().compress(b"".join(line + b"\n" for line in lines)))
 
 
 def make_slices(corpus: dict[str, Path], root: Path) -> dict:

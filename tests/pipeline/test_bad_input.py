@@ -10,7 +10,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import zstandard
-from pipeline_helpers import read_jsonl_zst, write_jsonl_zst
+from realtext import read_jsonl_zst, write_jsonl_zst
 
 from motif_data.pipeline import build, parse_config
 

@@ -7,7 +7,7 @@ import random
 import re
 
 import orjson
-from pipeline_helpers import read_jsonl_zst, write_jsonl_zst
+from realtext import read_jsonl_zst, write_jsonl_zst
 
 from motif_data.pipeline import build, parse_config
 

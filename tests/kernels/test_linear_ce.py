@@ -118,14 +118,15 @@ def test_cpu_default_is_chunked_and_never_builds_full_logits(monkeypatch):
     assert not linear_ce.gemm_sums_in_fp32(torch.device("cpu"))
     monkeypatch.setattr(linear_ce, "_CHUNK_ELEMENTS", 101 * 8)  # 8 rows of logits at a time
     widest = []
-    real_matmul = torch.Tensor.__matmul__
+    real_matmul, real_mm = torch.Tensor.__matmul__, torch.mm
 
-    def spy(a, b):
-        out = real_matmul(a, b)
+    def logits_rows(out):
         widest.append(out.shape[0] if out.ndim == 2 and out.shape[1] == 101 else 0)
         return out
 
-    monkeypatch.setattr(torch.Tensor, "__matmul__", spy)
+    # Every product the loss makes (into a fresh tensor or into a buffer) is seen.
+    monkeypatch.setattr(torch.Tensor, "__matmul__", lambda a, b: logits_rows(real_matmul(a, b)))
+    monkeypatch.setattr(torch, "mm", lambda a, b, **kw: logits_rows(real_mm(a, b, **kw)))
     hidden, weight, targets = _inputs(37, 24, 101, torch.float32, "cpu")
     linear_cross_entropy(hidden, weight, targets).backward()
     assert 0 < max(widest) <= 8

@@ -572,10 +572,14 @@ class DifferentialAttention(nn.Module):
 
     num_heads is the number of differential heads H (q and k carry 2H maps of head_dim each); the value dim of
     each head is 2·head_dim. forward(q, k, v) takes q, k (B, 2H, S, head_dim), v (B, H, S, 2·head_dim) and
-    returns (B, H, S, 2·head_dim); projections and the output linear layer belong to the model.
+    returns (B, H, S, 2·head_dim). The projections belong to the layer that extends this module (the model's
+    attention layer does, so its parameter names are Motif's: ``lambda_q1`` … ``lambda_k2``, ``subln``).
+    ``reference=True`` runs the pure-PyTorch attention instead of the Triton kernel.
     """
 
-    def __init__(self, layer_idx: int, num_heads: int, head_dim: int, eps: float = 1e-5) -> None:
+    def __init__(
+        self, layer_idx: int, num_heads: int, head_dim: int, eps: float = 1e-5, *, reference: bool = False
+    ) -> None:
         super().__init__()
         if layer_idx < 1 or num_heads < 1 or head_dim < 1:
             raise ValueError(
@@ -585,6 +589,7 @@ class DifferentialAttention(nn.Module):
         self.layer_idx = layer_idx
         self.num_heads = num_heads
         self.head_dim = head_dim
+        self.reference = reference
         self.lambda_init = lambda_init(layer_idx)
         self.lambda_q1 = nn.Parameter(torch.empty(head_dim))
         self.lambda_k1 = nn.Parameter(torch.empty(head_dim))
@@ -614,5 +619,11 @@ class DifferentialAttention(nn.Module):
                 f"DifferentialAttention expects q, k (B, {2 * self.num_heads}, S, {self.head_dim}) and "
                 f"v (B, {self.num_heads}, S, {2 * self.head_dim}); got q {tuple(q.shape)}, v {tuple(v.shape)}"
             )
-        out = diff_attention(q, k, v, self.lambda_full(), causal=True)
-        return self.subln(out) * (1.0 - self.lambda_init)
+        attend = reference_diff_attention if self.reference else diff_attention
+        # Normed in (B, S, H, Dv), the kernel's memory order, and handed back as a (B, H, S, Dv) view: a
+        # caller that transposes back for its output projection then copies nothing. The weight is cast to
+        # the activations' dtype: mixed dtypes fall off PyTorch's fused RMSNorm onto a slow composite.
+        out = attend(q, k, v, self.lambda_full()).transpose(1, 2)
+        norm = self.subln
+        out = F.rms_norm(out, (out.shape[-1],), norm.weight.to(out.dtype), norm.eps)
+        return (out * (1.0 - self.lambda_init)).transpose(1, 2)

@@ -401,17 +401,23 @@ class PolyNorm(nn.Module):
 
 
 class PolyNormGatedMLP(nn.Module):
-    """Motif's MLP: down(PolyNorm(gate(x)) ⊙ up(x)), the activation and product fused."""
+    """Motif's MLP: down_proj(PolyNorm(gate_proj(x)) ⊙ up_proj(x)), the activation and product fused.
+    Parameter names are Motif's (``gate_proj``, ``up_proj``, ``down_proj``, ``act_fn``); ``reference=True``
+    runs the pure-PyTorch activation instead of the Triton kernel."""
 
-    def __init__(self, hidden_size: int, intermediate_size: int, eps: float = 1e-6) -> None:
+    def __init__(
+        self, hidden_size: int, intermediate_size: int, eps: float = 1e-6, *, reference: bool = False
+    ) -> None:
         super().__init__()
         self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
         self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
-        self.act = PolyNorm(eps)
+        self.act_fn = PolyNorm(eps)
+        self.reference = reference
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        act = self.act
-        return self.down_proj(
-            poly_norm_mul(self.gate_proj(x), self.up_proj(x), act.weight, act.bias, act.eps)
+        act = self.act_fn
+        gated = (reference_poly_norm_mul if self.reference else poly_norm_mul)(
+            self.gate_proj(x), self.up_proj(x), act.weight, act.bias, act.eps
         )
+        return self.down_proj(gated)

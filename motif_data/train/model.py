@@ -2,7 +2,11 @@
 (RoPE, configurable base) and a PolyNorm-gated MLP, with the output head tied to the embedding.
 
 The hot ops come from ``motif_data.kernels`` (Triton on GPU, pure PyTorch on CPU); ``kernels="reference"``
-forces the pure-PyTorch versions everywhere, so that a run can compare the two.
+forces the pure-PyTorch versions everywhere, so that a run can compare the two. The layers are the kernels'
+modules extended (one definition of differential attention and of the PolyNorm MLP), and the parameter names
+are those of Motif's released checkpoints less their ``model.`` prefix: ``embed_tokens``,
+``layers.N.{input_layernorm, self_attn.{q,k,v,o}_proj, self_attn.lambda_{q1,k1,q2,k2}, self_attn.subln,
+post_attention_layernorm, mlp.{gate,up,down}_proj, mlp.act_fn}``, ``norm``; the head is tied to the embedding.
 """
 
 from __future__ import annotations
@@ -16,25 +20,16 @@ from torch import nn
 
 from motif_data.kernels import (
     DifferentialAttention,
-    PolyNorm,
-    diff_attention,
+    PolyNormGatedMLP,
     linear_cross_entropy,
-    poly_norm_mul,
-    reference_diff_attention,
     reference_linear_cross_entropy,
-    reference_poly_norm_mul,
 )
 from motif_data.train.config import ModelConfig
 
 __all__ = ["Motif", "count_parameters", "flops_per_token"]
 
 
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
-
+class RMSNorm(nn.RMSNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Weight in x's dtype: mixed dtypes fall off PyTorch's fused kernel onto a slow composite.
         return F.rms_norm(x, (x.shape[-1],), self.weight.to(x.dtype), self.eps)
@@ -82,77 +77,88 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
-class Attention(nn.Module):
+def _add_projections(layer: nn.Module, cfg: ModelConfig) -> None:
+    width = cfg.n_heads * cfg.head_dim  # also the value width: n_heads/2 differential heads of 2*head_dim
+    layer.q_proj = nn.Linear(cfg.d_model, width, bias=False)
+    layer.k_proj = nn.Linear(cfg.d_model, width, bias=False)
+    layer.v_proj = nn.Linear(cfg.d_model, width, bias=False)
+    layer.o_proj = nn.Linear(width, cfg.d_model, bias=False)
+
+
+def _rotated_qk(layer: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    B, S, _ = x.shape
+    q = layer.q_proj(x).view(B, S, -1, layer.head_dim).transpose(1, 2)
+    k = layer.k_proj(x).view(B, S, -1, layer.head_dim).transpose(1, 2)
+    return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+
+
+class DiffAttention(DifferentialAttention):
     """Differential attention: ``n_heads`` query/key maps pair up into ``n_heads // 2`` heads, each
     ``(softmax(Q1K1ᵀ) − λ softmax(Q2K2ᵀ)) V`` with V of width ``2 * head_dim``, then per-head RMSNorm.
-    With ``cfg.attention == "standard"``: ``n_heads`` causal softmax heads of ``head_dim`` (the baseline)."""
+    The kernels' module is the core (λ, the sub-layer norm, the op); this layer adds the projections."""
 
     def __init__(self, cfg: ModelConfig, layer_idx: int, reference: bool):
-        super().__init__()
-        self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
-        width = cfg.n_heads * cfg.head_dim  # also the value width: n_heads/2 heads of 2*head_dim
-        self.q_proj = nn.Linear(cfg.d_model, width, bias=False)
-        self.k_proj = nn.Linear(cfg.d_model, width, bias=False)
-        self.v_proj = nn.Linear(cfg.d_model, width, bias=False)
-        self.o_proj = nn.Linear(width, cfg.d_model, bias=False)
-        self.diff = (
-            DifferentialAttention(layer_idx, cfg.diff_heads, cfg.head_dim, eps=cfg.norm_eps)
-            if cfg.attention == "differential"
-            else None
-        )
-        self.reference = reference
+        super().__init__(layer_idx, cfg.diff_heads, cfg.head_dim, eps=cfg.norm_eps, reference=reference)
+        _add_projections(self, cfg)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         B, S, _ = x.shape
-        q = self.q_proj(x).view(B, S, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(B, S, self.n_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if self.diff is None:
-            v = self.v_proj(x).view(B, S, self.n_heads, self.head_dim).transpose(1, 2)
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            return self.o_proj(out.transpose(1, 2).reshape(B, S, -1))
-        v = self.v_proj(x).view(B, S, self.n_heads // 2, 2 * self.head_dim).transpose(1, 2)
-        # The kernels' DifferentialAttention holds λ and the sub-layer norm; which attention op runs is ours
-        # to choose, so that one run can time the Triton kernel against the two-SDPA reference.
-        attend = reference_diff_attention if self.reference else diff_attention
-        # (B, S, H, Dv) is the kernel's memory order: the norm and the reshape below then copy nothing.
-        out = attend(q, k, v, self.diff.lambda_full()).transpose(1, 2)
-        norm = self.diff.subln
-        out = F.rms_norm(out, (out.shape[-1],), norm.weight.to(out.dtype), norm.eps)
-        out = out * (1.0 - self.diff.lambda_init)
-        return self.o_proj(out.reshape(B, S, -1))
+        q, k = _rotated_qk(self, x, cos, sin)
+        v = self.v_proj(x).view(B, S, self.num_heads, 2 * self.head_dim).transpose(1, 2)
+        out = super().forward(q, k, v)  # (B, H, S, Dv), a view of (B, S, H, Dv) memory
+        return self.o_proj(out.transpose(1, 2).reshape(B, S, -1))
 
 
-class MLP(nn.Module):
-    """Motif's gated MLP: ``down(PolyNorm(gate(x)) ⊙ up(x))``; with ``cfg.mlp == "swiglu"`` the baseline
-    ``down(SiLU(gate(x)) ⊙ up(x))``."""
+class StandardAttention(nn.Module):
+    """The baseline (``cfg.attention == "standard"``): ``n_heads`` causal softmax heads of ``head_dim``."""
 
-    def __init__(self, cfg: ModelConfig, reference: bool):
+    def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.gate = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=False)
-        self.up = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=False)
-        self.down = nn.Linear(cfg.ffn_dim, cfg.d_model, bias=False)
-        self.act = PolyNorm(eps=cfg.norm_eps) if cfg.mlp == "polynorm" else None
-        self.poly_norm_mul = reference_poly_norm_mul if reference else poly_norm_mul
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.act is None:
-            return self.down(F.silu(self.gate(x)) * self.up(x))
-        gated = self.poly_norm_mul(self.gate(x), self.up(x), self.act.weight, self.act.bias, self.act.eps)
-        return self.down(gated)
-
-
-class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer_idx: int, reference: bool):
-        super().__init__()
-        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.attn = Attention(cfg, layer_idx, reference)
-        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.mlp = MLP(cfg, reference)
+        self.head_dim = cfg.head_dim
+        _add_projections(self, cfg)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), cos, sin)
-        return x + self.mlp(self.mlp_norm(x))
+        B, S, _ = x.shape
+        q, k = _rotated_qk(self, x, cos, sin)
+        v = self.v_proj(x).view(B, S, -1, self.head_dim).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.o_proj(out.transpose(1, 2).reshape(B, S, -1))
+
+
+class SwiGLUMLP(nn.Module):
+    """The baseline MLP (``cfg.mlp == "swiglu"``): ``down_proj(SiLU(gate_proj(x)) ⊙ up_proj(x))``."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=False)
+        self.up_proj = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=False)
+        self.down_proj = nn.Linear(cfg.ffn_dim, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm residual block; the attribute names are those of Motif's released checkpoints."""
+
+    def __init__(self, cfg: ModelConfig, layer_idx: int, reference: bool):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.self_attn = (
+            DiffAttention(cfg, layer_idx, reference)
+            if cfg.attention == "differential"
+            else StandardAttention(cfg)
+        )
+        self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = (
+            PolyNormGatedMLP(cfg.d_model, cfg.ffn_dim, eps=cfg.norm_eps, reference=reference)
+            if cfg.mlp == "polynorm"
+            else SwiGLUMLP(cfg)
+        )
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
+        return x + self.mlp(self.post_attention_layernorm(x))
 
 
 class Motif(nn.Module):
@@ -164,9 +170,9 @@ class Motif(nn.Module):
         if cfg.vocab_size is None:
             raise ValueError("model.vocab_size is unset: take it from the corpus manifest's tokenizer first")
         self.cfg = cfg
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.rotary = Rotary(cfg.head_dim, cfg.rope_base, cfg.max_seq_len)
-        self.blocks = nn.ModuleList(Block(cfg, i + 1, reference_kernels) for i in range(cfg.n_layers))
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i + 1, reference_kernels) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         # loss_backend: a linear_cross_entropy backend; None: the fastest where the loss is computed
         self.linear_cross_entropy = (
@@ -180,27 +186,22 @@ class Motif(nn.Module):
     def reset_parameters(self) -> None:
         # GPT-2 style: N(0, 0.02), the projections that write into the residual stream scaled by 1/sqrt(2L).
         std = self.cfg.init_std
-        nn.init.normal_(self.embed.weight, std=std)
-        for block in self.blocks:
-            for linear in (
-                block.attn.q_proj,
-                block.attn.k_proj,
-                block.attn.v_proj,
-                block.mlp.gate,
-                block.mlp.up,
-            ):
+        nn.init.normal_(self.embed_tokens.weight, std=std)
+        for layer in self.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            for linear in (attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj):
                 nn.init.normal_(linear.weight, std=std)
-            for linear in (block.attn.o_proj, block.mlp.down):
+            for linear in (attn.o_proj, mlp.down_proj):
                 nn.init.normal_(linear.weight, std=std / math.sqrt(2 * self.cfg.n_layers))
 
     def set_rope_base(self, base: float) -> None:
         self.rotary.set_base(base)
 
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.embed(input_ids)
+        x = self.embed_tokens(input_ids)
         cos, sin = self.rotary(input_ids.shape[1])
-        for block in self.blocks:
-            x = block(x, cos, sin)
+        for layer in self.layers:
+            x = layer(x, cos, sin)
         hidden = self.norm(x)
         if targets is None:
             return hidden
@@ -211,7 +212,7 @@ class Motif(nn.Module):
         # The fp32 embedding goes in as it is: the loss head runs its products in hidden's dtype and the dense
         # backend sums the weight's gradient in fp32 directly (no bf16 round trip of a vocab × d gradient).
         losses = self.linear_cross_entropy(
-            hidden.flatten(0, 1), self.embed.weight, targets.flatten(), reduction="none"
+            hidden.flatten(0, 1), self.embed_tokens.weight, targets.flatten(), reduction="none"
         )
         return losses.view_as(targets)
 

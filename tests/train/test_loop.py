@@ -63,7 +63,7 @@ def test_resume_continues_exactly_as_an_uninterrupted_run(tmp_path, synthetic_ma
     sb = torch.load(resumed / "model-sma.pt", weights_only=False)["model"]
     assert all(torch.equal(sa[n], sb[n]) for n in sa)
     # SMA over the snapshots at steps 4, 6, 8 differs from the last parameters.
-    assert not torch.equal(sa["embed.weight"], pa["embed.weight"])
+    assert not torch.equal(sa["embed_tokens.weight"], pa["embed_tokens.weight"])
     assert (
         json.loads((resumed / "summary.json").read_text())["domain_tokens"]
         == json.loads((straight / "summary.json").read_text())["domain_tokens"]

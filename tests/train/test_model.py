@@ -21,11 +21,11 @@ def test_motif_2_6b_preset_has_2_6_billion_parameters_on_meta_device():
         model = Motif(cfg)
     n = count_parameters(model)
     assert abs(n - 2.6e9) / 2.6e9 < 0.05, n
-    assert cfg.vocab_size == 219_520 and model.embed.weight.shape == (219_520, 2048)
-    attn = model.blocks[0].attn
+    assert cfg.vocab_size == 219_520 and model.embed_tokens.weight.shape == (219_520, 2048)
+    attn = model.layers[0].self_attn
     # 16 heads of 128 → 8 differential heads whose value dim is 256; FFN 8,192; 32 layers.
     assert attn.q_proj.out_features == 16 * 128 and attn.v_proj.out_features == 8 * 256
-    assert model.blocks[0].mlp.gate.out_features == 8192 and len(model.blocks) == 32
+    assert model.layers[0].mlp.gate_proj.out_features == 8192 and len(model.layers) == 32
 
 
 def test_small_preset_is_between_120_and_300_million_parameters_with_o200k():
@@ -40,8 +40,8 @@ def test_output_head_is_tied_to_the_embedding():
     model(ids[:, :-1], ids[:, 1:]).sum().backward()
     # The head reads the embedding matrix: tokens that never occur as inputs still get gradient through it.
     unseen = sorted(set(range(300)) - set(ids[0, :-1].tolist()))
-    assert model.embed.weight.grad[unseen].abs().sum() > 0
-    assert not any(p is not model.embed.weight and p.shape == (300, 32) for p in model.parameters())
+    assert model.embed_tokens.weight.grad[unseen].abs().sum() > 0
+    assert not any(p is not model.embed_tokens.weight and p.shape == (300, 32) for p in model.parameters())
 
 
 BASELINE = dataclasses.replace(SMALL_VOCAB, attention="standard", mlp="swiglu")
@@ -113,3 +113,24 @@ def test_rotary_matches_complex_rotation_and_base_switch_changes_it():
 def test_model_without_vocab_size_asks_for_it():
     with pytest.raises(ValueError, match="vocab_size"):
         Motif(PRESETS["tiny"])
+
+
+def test_parameter_names_are_motifs_released_checkpoint_names():
+    # Motif-2.6B's checkpoint (as its modeling code and vLLM's loader name it), less the "model." prefix;
+    # the head is tied to the embedding, so there is no lm_head.
+    model = Motif(dataclasses.replace(SMALL_VOCAB, n_layers=1))
+    layer = ["input_layernorm.weight", "post_attention_layernorm.weight"]
+    layer += [f"self_attn.{p}_proj.weight" for p in "qkvo"]
+    layer += [f"self_attn.lambda_{p}" for p in ("q1", "k1", "q2", "k2")] + ["self_attn.subln.weight"]
+    layer += [f"mlp.{p}_proj.weight" for p in ("gate", "up", "down")] + ["mlp.act_fn.weight", "mlp.act_fn.bias"]
+    want = {"embed_tokens.weight", "norm.weight"} | {f"layers.0.{name}" for name in layer}
+    assert set(model.state_dict()) == want
+
+
+def test_the_layers_are_the_kernels_modules():
+    # One definition: a fix to the kernels' differential attention or PolyNorm MLP is a fix to the model.
+    from motif_data.kernels import DifferentialAttention, PolyNormGatedMLP
+
+    layer = Motif(SMALL_VOCAB).layers[0]
+    assert isinstance(layer.self_attn, DifferentialAttention) and isinstance(layer.mlp, PolyNormGatedMLP)
+    assert type(layer.mlp).forward is PolyNormGatedMLP.forward

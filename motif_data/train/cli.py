@@ -71,8 +71,9 @@ def resolve_corpus(corpus: str | None, out: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    from motif_data.train.checkpoint import finished_summary
     from motif_data.train.config import load_config
-    from motif_data.train.loop import finished_summary, refuse_existing_run, train
+    from motif_data.train.loop import refuse_existing_run, train
     from motif_data.train.plot import plot_losses
 
     cfg = load_config(args.config)

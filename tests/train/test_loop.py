@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from motif_data import DOMAINS
+from motif_data.train.checkpoint import latest_checkpoint
 from motif_data.train.config import ModelConfig, TrainConfig
-from motif_data.train.loop import domain_loss_sums, latest_checkpoint, train
+from motif_data.train.loop import domain_loss_sums, train
 
 MODEL = ModelConfig(n_layers=2, d_model=32, n_heads=4, head_dim=8, ffn_dim=96)
 
@@ -85,7 +86,8 @@ def test_resume_refuses_another_runs_checkpoint_naming_both_runs(tmp_path, synth
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     # another learning rate is another run: it crashed after loading, or went on silently, before
     with pytest.raises(
-        ValueError, match=r"another run's checkpoint \(run [0-9a-f]{16}; .* run [0-9a-f]{16}\)"
+        ValueError,
+        match=r"another run's checkpoint \(run [0-9a-f]{16}; .* run [0-9a-f]{16}\); they differ in train.lr:",
     ):
         train(cfg.replace(steps=6, lr=5e-3), tmp_path, synthetic_manifest, resume=True)
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
@@ -95,13 +97,21 @@ def test_resume_refuses_another_runs_checkpoint_naming_both_runs(tmp_path, synth
     assert latest_checkpoint(tmp_path / "checkpoints").name == "step-0000006.pt"
 
 
-def test_retention_never_deletes_the_checkpoint_just_written(tmp_path):
-    from motif_data.train.loop import _save
+def test_retention_keeps_this_runs_newest_and_never_touches_another_runs(tmp_path):
+    from motif_data.train.checkpoint import Checkpointer, run_identity
 
-    for step in (20, 30):  # left by some other run, sorting after this one's
-        torch.save({}, tmp_path / f"step-{step:07d}.pt")
-    _save(tmp_path / "step-0000010.pt", {"step": 10}, keep=2)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-0000010.pt", "step-0000030.pt"]
+    weights = torch.nn.Linear(2, 2)
+    spec = {"model": {}, "train": {}, "corpus": "mine"}
+    for step, run in ((3, run_identity(spec)), (5, run_identity(spec)), (20, "other"), (30, "other")):
+        torch.save({"run": run, "step": step}, tmp_path / f"step-{step:07d}.pt")  # the others sort after ours
+    checkpointer = Checkpointer(tmp_path, spec, every=None, keep=2)
+    checkpointer.register(model=weights)
+    checkpointer.save(10)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["step-0000005.pt", "step-0000010.pt", "step-0000020.pt", "step-0000030.pt"]
+    saved = torch.load(tmp_path / "step-0000010.pt", weights_only=False)
+    assert saved["run"] == run_identity(spec) and saved["step"] == 10
+    torch.testing.assert_close(saved["model"]["weight"], weights.weight.detach())
 
 
 def test_gradient_accumulation_matches_one_larger_batch(tmp_path, synthetic_manifest):
@@ -150,7 +160,7 @@ def test_resume_refuses_without_checkpoint_or_with_another_model(tmp_path, synth
         train(config(), tmp_path, synthetic_manifest, resume=True)
     train(config(steps=2, warmup_steps=1), tmp_path, synthetic_manifest)
     other = config(steps=4, warmup_steps=1).replace(model=ModelConfig(1, 32, 4, 8, 96))
-    with pytest.raises(ValueError, match="another model"):
+    with pytest.raises(ValueError, match="another run's checkpoint .* they differ in model:"):
         train(other, tmp_path, synthetic_manifest, resume=True)
 
 

@@ -122,7 +122,10 @@ def test_parameter_names_are_motifs_released_checkpoint_names():
     layer = ["input_layernorm.weight", "post_attention_layernorm.weight"]
     layer += [f"self_attn.{p}_proj.weight" for p in "qkvo"]
     layer += [f"self_attn.lambda_{p}" for p in ("q1", "k1", "q2", "k2")] + ["self_attn.subln.weight"]
-    layer += [f"mlp.{p}_proj.weight" for p in ("gate", "up", "down")] + ["mlp.act_fn.weight", "mlp.act_fn.bias"]
+    layer += [f"mlp.{p}_proj.weight" for p in ("gate", "up", "down")] + [
+        "mlp.act_fn.weight",
+        "mlp.act_fn.bias",
+    ]
     want = {"embed_tokens.weight", "norm.weight"} | {f"layers.0.{name}" for name in layer}
     assert set(model.state_dict()) == want
 

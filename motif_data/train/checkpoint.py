@@ -1,0 +1,169 @@
+"""Checkpoints of a run, as torchtitan keeps them: a `Checkpointer` owns a registry of the run's stateful
+parts (each with ``state_dict`` / ``load_state_dict``), the step, and the ``step-N.pt`` files of one
+directory.
+
+Every file names its run (`run_identity`: the model, the settings that shape the token stream and the
+optimizer, the corpus manifest's sha256), so a run never resumes from, nor prunes, another run's files.
+Files are written atomically (a killed save leaves the previous checkpoint whole).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from motif_data.atomic import atomic_open
+from motif_data.shards import file_sha256
+
+__all__ = ["Checkpointer", "RNGState", "latest_checkpoint", "finished_summary", "run_spec", "run_identity"]
+
+_CHECKPOINT = re.compile(r"^step-(\d{7})\.pt$")
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class RNGState:
+    """Python's, NumPy's, torch's and (where there is one) the GPUs' generators."""
+
+    def state_dict(self) -> dict:
+        state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        random.setstate(state["python"])
+        np.random.set_state(state["numpy"])
+        torch.set_rng_state(state["torch"].cpu())
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def run_spec(model: dict, settings: dict, manifest_path: str | os.PathLike) -> dict:
+    """What names a run: its model config, the training settings that make its token stream and optimizer
+    trajectory what they are, and its corpus's manifest (by sha256)."""
+    return json.loads(json.dumps({"model": model, "train": settings, "corpus": file_sha256(manifest_path)},
+                                 default=str))  # fmt: skip
+
+
+def run_identity(spec: dict) -> str:
+    """16 hex digits naming the run of `run_spec`."""
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _differences(ours: dict, theirs: dict | None) -> str:
+    if theirs is None:
+        return ""
+    keys = [f"train.{k}" for k in sorted(set(ours["train"]) | set(theirs.get("train", {})))
+            if ours["train"].get(k) != theirs.get("train", {}).get(k)]  # fmt: skip
+    keys = [k for k in ("model", "corpus") if ours[k] != theirs.get(k)] + keys
+    return f"; they differ in {', '.join(keys)}" if keys else ""
+
+
+def _step_of(path: Path) -> int:
+    return int(_CHECKPOINT.match(path.name).group(1))
+
+
+def _checkpoints(directory: Path) -> list[Path]:
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.glob("step-*.pt") if _CHECKPOINT.match(p.name))
+
+
+def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
+    """The checkpoint of the highest step; every file there is complete because each was written atomically."""
+    found = _checkpoints(Path(directory))
+    return found[-1] if found else None
+
+
+def finished_summary(out: Path, steps: int) -> dict | None:
+    """The summary of a run in ``out`` that already reached ``steps`` (its last checkpoint and summary.json
+    are there), saying so on stdout; else None. Resuming such a run has nothing to do and must not rewrite
+    anything."""
+    ckpt = latest_checkpoint(out / "checkpoints")
+    summary = out / "summary.json"
+    if ckpt is None or _step_of(ckpt) < steps or not summary.is_file():
+        return None
+    print(f"train: {out} finished at step {steps} already: nothing to do (raise train.steps to go on)")
+    return json.loads(summary.read_text())
+
+
+class Checkpointer:
+    """Saves and restores every registered part under ``directory`` as ``step-NNNNNNN.pt``.
+
+    ``every``: save when the step is a multiple of it (None: only the last step); ``keep``: this run's
+    newest N files stay (None: all), never counting out the one just written; ``write``: whether this
+    process writes (rank 0) — every rank still takes each part's state, since some take it collectively.
+    """
+
+    def __init__(
+        self, directory: Path, spec: dict, *, every: int | None, keep: int | None, write: bool = True
+    ) -> None:
+        self.directory, self.spec, self.run = directory, spec, run_identity(spec)
+        self.every, self.keep, self.write = every, keep, write
+        self.parts: dict[str, Stateful] = {}
+
+    def register(self, **parts: Stateful | None) -> None:
+        """Add parts by name; a None part (an optional feature that is off) is left out."""
+        self.parts.update({name: part for name, part in parts.items() if part is not None})
+
+    def due(self, step: int, last: bool) -> bool:
+        return last or bool(self.every and step % self.every == 0)
+
+    def save(self, step: int) -> Path:
+        path = self.directory / f"step-{step:07d}.pt"
+        state = {"run": self.run, "run_spec": self.spec, "step": step}
+        state |= {name: p.state_dict() for name, p in self.parts.items()}
+        if self.write:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            with atomic_open(path, "wb") as f:
+                torch.save(state, f)
+            self._prune(keep_also=path)
+        return path
+
+    def _prune(self, keep_also: Path) -> None:
+        if self.keep is None:
+            return
+        mine = [p for p in _checkpoints(self.directory) if p != keep_also and self._run_of(p) == self.run]
+        for old in mine[: max(0, len(mine) - (self.keep - 1))]:
+            old.unlink()
+
+    @staticmethod
+    def _run_of(path: Path) -> str | None:
+        # mmap: the tensors are mapped, not read, so asking a multi-GB file for its run costs milliseconds.
+        return torch.load(path, map_location="cpu", weights_only=False, mmap=True).get("run")
+
+    def load_latest(self) -> int:
+        """Restore every part from the newest checkpoint; returns its step. Refuses another run's file."""
+        path = latest_checkpoint(self.directory)
+        if path is None:
+            raise FileNotFoundError(f"--resume: no checkpoint under {self.directory}; start without --resume")
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        theirs = state.get("run", "none (written before run identities)")
+        if theirs != self.run:
+            raise ValueError(
+                f"{path} is another run's checkpoint (run {theirs}; this config and corpus are run "
+                f"{self.run}){_differences(self.spec, state.get('run_spec'))}: resume with that run's "
+                "config and corpus, or train into another --out"
+            )
+        missing = [name for name in self.parts if name not in state]
+        if missing:
+            raise ValueError(f"{path} lacks {missing}: it was not written by this version's loop")
+        for name, part in self.parts.items():
+            try:
+                part.load_state_dict(state[name])
+            except ValueError as e:
+                raise ValueError(f"{path}, {name}: {e}") from e
+        return int(state["step"])

@@ -6,11 +6,13 @@ from motif_data.trainer_hook.dataset import DomainExhaustedError, MixtureDataLoa
 from motif_data.trainer_hook.lr import wsd_lr, wsd_scheduler
 from motif_data.trainer_hook.metrics import DomainCounters
 from motif_data.trainer_hook.rope import rope_base
+from motif_data.trainer_hook.state import StreamState
 
 __all__ = [
     "MixtureDataset",
     "MixtureDataLoader",
     "DomainExhaustedError",
+    "StreamState",
     "wsd_lr",
     "wsd_scheduler",
     "rope_base",

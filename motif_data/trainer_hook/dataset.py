@@ -13,6 +13,7 @@ workers round-robin, the order in which ``torch.utils.data.DataLoader`` collects
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import hashlib
 import json
 import os
@@ -27,11 +28,11 @@ from motif_data.mixer.permutation import hash64, permute
 from motif_data.mixer.plan import packed_sequences
 from motif_data.mixer.sampler import QuotaSampler
 from motif_data.mixer.schedule import MixtureSchedule
-from motif_data.shards import TOKEN_DTYPE, Manifest, ShardError
+from motif_data.shards import OFFSET_DTYPE, TOKEN_DTYPE, Manifest, ShardError
+from motif_data.trainer_hook.state import StreamState
 
-__all__ = ["MixtureDataset", "MixtureDataLoader", "DomainExhaustedError", "STATE_VERSION"]
+__all__ = ["MixtureDataset", "MixtureDataLoader", "DomainExhaustedError"]
 
-STATE_VERSION = 1
 _LOOKAHEAD = 2048  # sequences located per sampler call
 _POLICIES = ("repeat", "error")
 
@@ -177,7 +178,7 @@ class MixtureDataset(IterableDataset):
         self._check_files(verify)
         self.config_hash = self._config_hash()
         self._arange = np.arange(self.batch_size * (self.seq_len + 1), dtype=np.int64)  # flat batch
-        self._state = {"position": 0, "chunk": 0, "item": 0, "worker": None}
+        self._cursor = StreamState(self.config_hash, self.world_size, self.batch_size, position=0)
 
     # -- validation ---------------------------------------------------------------------------------------
 
@@ -196,22 +197,30 @@ class MixtureDataset(IterableDataset):
             )
 
     def _check_files(self, verify: bool) -> None:
-        """Cheap existence and size check of every shard now, so a bad build fails before training starts."""
+        """Every shard's ``.bin`` and ``.idx`` exist and have the sizes its manifest entry implies, now, so a
+        bad build fails before training starts (``verify``: their sha256 too)."""
         root = self.manifest.root
         for dom in self.domains.values():
             for s in dom.shards:
-                path = root / s.path
-                try:
-                    size = path.stat().st_size
-                    (root / s.index_path).stat()
-                except FileNotFoundError:
-                    raise ShardError(
-                        f"shard {path} listed in the manifest is missing: rebuild or fix the manifest"
-                    ) from None
-                if size != TOKEN_DTYPE.itemsize * s.tokens:
-                    raise ShardError(
-                        f"shard {path} is truncated: {size} bytes, the manifest says {TOKEN_DTYPE.itemsize * s.tokens}"
-                    )
+                for path, want, what in (
+                    (root / s.path, TOKEN_DTYPE.itemsize * s.tokens, f"{s.tokens} tokens"),
+                    (
+                        root / s.index_path,
+                        OFFSET_DTYPE.itemsize * (s.documents + 1),
+                        f"{s.documents} documents",
+                    ),
+                ):
+                    try:
+                        size = path.stat().st_size
+                    except FileNotFoundError:
+                        raise ShardError(
+                            f"shard {path} listed in the manifest is missing: rebuild or fix the manifest"
+                        ) from None
+                    if size != want:
+                        raise ShardError(
+                            f"shard {path} is {'truncated' if size < want else 'too long'}: {size} bytes, the "
+                            f"manifest's {what} need {want}: rebuild the shard or fix the manifest"
+                        )
                 if verify:
                     self.manifest.open_shard(s, verify=True)
 
@@ -278,11 +287,7 @@ class MixtureDataset(IterableDataset):
         tokens = np.empty((1, self.seq_len + 1), dtype=np.int64)
         positions = np.empty((1, self.seq_len + 1), dtype=np.int64)
         self._fill_rows([domain], [window], tokens, positions)
-        return {
-            "input_ids": torch.from_numpy(tokens[0]),
-            "domain": torch.tensor(domain, dtype=torch.int64),
-            "position_ids": torch.from_numpy(positions[0]),
-        }
+        return _item(tokens[0], domain, positions[0])
 
     def items(self, start: int, stop: int) -> Iterator[dict[str, torch.Tensor]]:
         """Items of global sequences ``start .. stop - 1`` in order (no rank or worker split)."""
@@ -301,15 +306,15 @@ class MixtureDataset(IterableDataset):
         """(worker, num_workers, position, chunk, item) where this process's iteration begins."""
         info = get_worker_info()
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
-        st = self._state
-        if st["worker"] is None:
-            return worker, workers, st["position"], worker, 0
-        if st["worker"] != [worker, workers]:
+        st = self._cursor
+        if st.at_boundary:
+            return worker, workers, st.position, worker, 0
+        if st.worker != (worker, workers):
             raise ValueError(
-                f"this state belongs to DataLoader worker {st['worker'][0]} of {st['worker'][1]}, not worker "
+                f"this state belongs to DataLoader worker {st.worker[0]} of {st.worker[1]}, not worker "
                 f"{worker} of {workers}: resume with the same num_workers, or from a MixtureDataLoader state"
             )
-        return worker, workers, st["position"], st["chunk"], st["item"]
+        return worker, workers, st.position, st.chunk, st.item
 
     def _runs(self, workers: int, position: int, chunk: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """This rank's runs of ``batch_size`` sequences from chunk ``chunk`` on, every ``workers``-th one:
@@ -351,12 +356,8 @@ class MixtureDataset(IterableDataset):
                 item += 1
                 nxt, it = (chunk + workers, 0) if item == b else (chunk, item)
                 # Updated before the yield: a state taken after receiving an item must not repeat it.
-                self._state = {"position": position, "chunk": nxt, "item": it, "worker": [worker, workers]}
-                yield {
-                    "input_ids": torch.from_numpy(tokens[i]),
-                    "domain": torch.tensor(d, dtype=torch.int64),
-                    "position_ids": torch.from_numpy(positions[i]),
-                }
+                self._advance(position, nxt, it, worker, workers)
+                yield _item(tokens[i], d, positions[i])
             item = 0
 
     def iter_batches(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -375,57 +376,60 @@ class MixtureDataset(IterableDataset):
                 tokens.share_memory_()
                 positions.share_memory_()
             self._fill_rows(dom.tolist(), window.tolist(), tokens.numpy(), positions.numpy())
-            self._state = {
-                "position": position,
-                "chunk": chunk + workers,
-                "item": 0,
-                "worker": [worker, workers],
-            }
-            yield {"input_ids": tokens, "domain": torch.from_numpy(dom.copy()), "position_ids": positions}
+            self._advance(position, chunk + workers, 0, worker, workers)
+            yield _item(tokens, dom.copy(), positions)
+
+    def _advance(self, position: int, chunk: int, item: int, worker: int, workers: int) -> None:
+        self._cursor = dataclasses.replace(self._cursor, position=position, chunk=chunk, item=item,
+                                           worker=(worker, workers))  # fmt: skip
+
+    def stream_state(self) -> StreamState:
+        """Where the stream stands. In the main process and at a batch boundary the position alone says it,
+        and any world size / worker count may resume it."""
+        st = self._cursor
+        if st.worker is not None and st.worker[1] == 1:
+            st = dataclasses.replace(st, position=st.position + st.chunk * self.global_batch, chunk=0)
+            if st.item == 0:
+                st = st.at(st.position)
+        return st
 
     def state_dict(self) -> dict:
-        """A few integers and the configuration hash. In the main process and at a batch boundary the
-        position alone says where the stream stands, and any world size / worker count may resume it."""
-        st = dict(self._state)
-        if st["worker"] is not None and st["worker"][1] == 1:
-            st["position"] += st["chunk"] * self.global_batch
-            st["chunk"] = 0
-            if st["item"] == 0:
-                st["worker"] = None
-        return {"version": STATE_VERSION, "config": self.config_hash, "world_size": self.world_size,
-                "batch_size": self.batch_size, **st}  # fmt: skip
+        """`stream_state` as a plain dict: a few integers and the configuration hash."""
+        return self.stream_state().to_dict()
 
     def load_state_dict(self, state: Mapping) -> None:
-        self._state = self._checked_state(state)
+        self._cursor = self.resumable(StreamState.from_dict(state))
 
-    def _checked_state(self, state: Mapping) -> dict:
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(
-                f"unknown loader state version {state.get('version')!r}, expected {STATE_VERSION}"
-            )
-        if state["config"] != self.config_hash:
+    def resumable(self, state: StreamState) -> StreamState:
+        """``state`` if this dataset can resume it, else a ValueError saying why and what to change."""
+        if state.config != self.config_hash:
             raise ValueError(
                 "this loader state comes from another configuration (schedule, seed, seq_len, exhaustion "
                 "policy or manifest differ): resume with the same ones, or start a new run"
             )
-        position = int(state["position"])
-        if state["worker"] is not None:
-            same = state["world_size"] == self.world_size and state["batch_size"] == self.batch_size
-            if not same:
+        if not state.at_boundary:
+            if (state.world_size, state.batch_size) != (self.world_size, self.batch_size):
                 raise ValueError(
                     "this state was saved mid-batch or inside a DataLoader worker; it resumes only with the same "
                     "world size, batch size and num_workers. Save states at batch boundaries (MixtureDataLoader "
                     "does) to change them."
                 )
-            return {"position": position, "chunk": int(state["chunk"]), "item": int(state["item"]),
-                    "worker": list(state["worker"])}  # fmt: skip
-        if position % self.global_batch:
+            return dataclasses.replace(state, world_size=self.world_size, batch_size=self.batch_size)
+        if state.position % self.global_batch:
             raise ValueError(
-                f"position {position} is not a multiple of the global micro-batch {self.global_batch} "
+                f"position {state.position} is not a multiple of the global micro-batch {self.global_batch} "
                 f"(batch_size {self.batch_size} × world_size {self.world_size}): keep batch_size × world_size "
                 f"a divisor of the sequences consumed (e.g. keep the global batch fixed when changing GPUs)"
             )
-        return {"position": position, "chunk": 0, "item": 0, "worker": None}
+        return dataclasses.replace(state, world_size=self.world_size, batch_size=self.batch_size)
+
+
+def _item(tokens, domain, positions) -> dict[str, torch.Tensor]:
+    """One item (1-D tokens, a domain index) or one batch (2-D, a domain per row) as the loaders yield it."""
+    as_tensor = torch.from_numpy if isinstance(tokens, np.ndarray) else torch.as_tensor
+    domain = torch.from_numpy(domain) if isinstance(domain, np.ndarray) else torch.tensor(domain)
+    return {"input_ids": as_tensor(tokens), "domain": domain.to(torch.int64),
+            "position_ids": as_tensor(positions)}  # fmt: skip
 
 
 class _Batches(IterableDataset):
@@ -463,14 +467,13 @@ class MixtureDataLoader:
             yield batch
 
     def state_dict(self) -> dict:
-        d = self.dataset
-        return {"version": STATE_VERSION, "config": d.config_hash, "world_size": d.world_size,
-                "batch_size": d.batch_size, "position": self._position, "chunk": 0, "item": 0, "worker": None}  # fmt: skip
+        return self.dataset.stream_state().at(self._position).to_dict()
 
     def load_state_dict(self, state: Mapping) -> None:
-        if state.get("worker") is not None:
+        stream = StreamState.from_dict(state)
+        if not stream.at_boundary:
             raise ValueError(
                 "this dataset state was saved mid-batch or inside a DataLoader worker: resume it with the "
                 "same num_workers (torchdata's StatefulDataLoader does), or save MixtureDataLoader states"
             )
-        self._position = self.dataset._checked_state(state)["position"]
+        self._position = self.dataset.resumable(stream).position

@@ -21,6 +21,7 @@ from transformers import TrainerCallback
 
 from motif_data.atomic import atomic_write_text
 from motif_data.trainer_hook.dataset import MixtureDataset
+from motif_data.trainer_hook.state import StreamState
 
 __all__ = ["MixtureTrainerCallback", "collate_causal_lm", "STATE_FILE"]
 
@@ -77,29 +78,23 @@ class MixtureTrainerCallback(TrainerCallback):
                     "trainer.train(resume_from_checkpoint=PATH)"
                 )
             saved = found[0]
-            stored = json.loads(saved.read_text(encoding="utf-8"))
-            if stored["position"] != position:
+            try:
+                stored = self.dataset.resumable(StreamState.from_dict(json.loads(saved.read_text("utf-8"))))
+            except ValueError as e:  # another schedule, seed or manifest
+                raise ValueError(f"{saved}: {e}") from e
+            if stored.position != position:
                 raise ValueError(
-                    f"{saved} says the data stream stood at sequence {stored['position']}, but step "
+                    f"{saved} says the data stream stood at sequence {stored.position}, but step "
                     f"{state.global_step} × {self._sequences_per_step(args)} sequences per step gives {position}: "
                     "keep the global batch (batch size × accumulation × world size) of the saved run"
                 )
-            self.dataset.load_state_dict(stored)  # also checks schedule, seed and manifest
-        self.dataset.load_state_dict({**self.dataset.state_dict(), "position": position, "chunk": 0, "item": 0,
-                                      "worker": None})  # fmt: skip
+        self.dataset.load_state_dict(self.dataset.stream_state().at(position).to_dict())
 
     def on_save(self, args, state, control, **kwargs):
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if state.is_world_process_zero and folder.is_dir():
-            position = state.global_step * self._sequences_per_step(args)
-            stored = {
-                **self.dataset.state_dict(),
-                "position": position,
-                "chunk": 0,
-                "item": 0,
-                "worker": None,
-            }
-            atomic_write_text(folder / STATE_FILE, json.dumps(stored, indent=1) + "\n")
+            stream = self.dataset.stream_state().at(state.global_step * self._sequences_per_step(args))
+            atomic_write_text(folder / STATE_FILE, json.dumps(stream.to_dict(), indent=1) + "\n")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs is not None:

@@ -1,4 +1,5 @@
 import itertools
+import re
 
 import numpy as np
 import pytest
@@ -175,6 +176,30 @@ def test_torchdata_stateful_dataloader_resumes_with_workers(small_build):
     assert [x.numpy().tobytes() for x in rest[-1]] == [k[: (SEQ + 1) * 8] for k in full[-4:]]
 
 
+@pytest.mark.parametrize("saved, resumed", [(2, 1), (2, 0), (0, 2)])
+def test_torchdata_state_with_another_num_workers_is_refused_naming_the_fix(small_build, saved, resumed):
+    from motif_data.trainer_hook.stateful import StatefulMixtureDataLoader
+
+    manifest, _ = small_build
+
+    def make(workers):
+        ds = MixtureDataset(manifest, SCHED, SEQ, seed=4, batch_size=4, max_sequences=80)
+        return StatefulMixtureDataLoader(ds, num_workers=workers)
+
+    dl = make(saved)
+    it = iter(dl)
+    for _ in range(3):
+        next(it)
+    state = dl.state_dict()
+    del it
+    # plain torchdata: a bare AssertionError when iterating
+    with pytest.raises(ValueError, match=rf"saved with num_workers={saved}.*resume with num_workers={saved}"):
+        make(resumed).load_state_dict(state)
+    same = make(saved)
+    same.load_state_dict(state)
+    assert len(list(same)) == 20 - 3
+
+
 def test_a_state_from_another_configuration_is_refused(small_build):
     manifest, _ = small_build
     state = MixtureDataLoader(MixtureDataset(manifest, SCHED, SEQ, seed=1, batch_size=2)).state_dict()
@@ -220,3 +245,15 @@ def test_bad_builds_and_arguments_fail_with_a_clear_message(tmp_path, build_tool
     (tmp_path / shard.path).unlink()
     with pytest.raises(ShardError, match="missing"):
         MixtureDataset(path, no_math, SEQ, seed=0)
+    (tmp_path / shard.path).write_bytes(data)
+    index = tmp_path / shard.index_path
+    offsets = np.frombuffer(index.read_bytes(), dtype="<u8").copy()
+    index.write_bytes(offsets[:-1].tobytes())  # a truncated .idx: found at start-up, not when first read
+    with pytest.raises(ShardError, match=rf"shard {re.escape(str(index))} is truncated"):
+        MixtureDataset(path, no_math, SEQ, seed=0)
+    offsets[1], offsets[2] = offsets[2], offsets[1]  # a corrupt one of the right size, verify=False
+    index.write_bytes(offsets.tobytes())
+    code = DOMAINS.index("code")
+    ds = MixtureDataset(path, no_math, SEQ, seed=0)
+    with pytest.raises(ShardError, match=rf"shard index {re.escape(str(index))} is corrupt: document 1"):
+        ds.sequence(code, 0)

@@ -124,6 +124,39 @@ def _seconds(hms: str) -> int:
     return seconds
 
 
+def _slurm_job(pipeline: list, config: BuildConfig, tasks: int, name: str, logging_dir: str, depends):
+    """One Slurm job of the build; every job (the stages and the finalize job) gets the same sbatch
+    settings, so a cluster that needs a qos, a venv or extra sbatch lines gets them for each."""
+    from datatrove.executor.slurm import SlurmPipelineExecutor
+
+    ex = config.executor
+    return SlurmPipelineExecutor(
+        pipeline,
+        tasks=tasks,
+        workers=ex.workers,
+        time=ex.time,
+        partition=ex.partition,
+        cpus_per_task=ex.cpus_per_task,
+        mem_per_cpu_gb=ex.mem_per_cpu_gb,
+        qos=ex.qos,
+        venv_path=ex.venv_path,
+        sbatch_args=dict(ex.sbatch_args) or None,
+        job_name=name,
+        logging_dir=logging_dir,
+        depends=depends,
+    )
+
+
+def slurm_jobs(config: BuildConfig, out: Path, plan: list[Stage]) -> list:
+    """The stages' jobs and the finalize job that writes the manifest, each depending on the one before."""
+    from motif_data.pipeline.write import FinalizeStep
+
+    jobs = make_executors(config, out, plan)
+    finalize = _slurm_job([FinalizeStep(config)], config, 1, "motif-finalize",
+                          str(out / WORK_DIR / "finalize"), jobs[-1])  # fmt: skip
+    return jobs + [finalize]
+
+
 def make_executors(config: BuildConfig, out: Path, plan: list[Stage]) -> list:
     ex = config.executor
     logs = out / WORK_DIR / LOGS_DIR
@@ -156,24 +189,15 @@ def make_executors(config: BuildConfig, out: Path, plan: list[Stage]) -> list:
                 )
             )
         else:
-            from datatrove.executor.slurm import SlurmPipelineExecutor
-
             made.append(
-                SlurmPipelineExecutor(
+                _slurm_job(
                     stage.pipeline,
-                    tasks=stage.tasks,
-                    workers=ex.workers,
-                    time=ex.time,
-                    partition=ex.partition,
-                    cpus_per_task=ex.cpus_per_task,
-                    mem_per_cpu_gb=ex.mem_per_cpu_gb,
-                    qos=ex.qos,
-                    venv_path=ex.venv_path,
-                    sbatch_args=dict(ex.sbatch_args) or None,
-                    job_name=f"motif-{stage.name}",
-                    logging_dir=logging_dir,
-                    depends=made[-1] if made else None,
-                )
+                    config,
+                    stage.tasks,
+                    f"motif-{stage.name}",
+                    logging_dir,
+                    made[-1] if made else None,
+                )  # fmt: skip
             )
     return made
 
@@ -288,26 +312,12 @@ def build(
     config = config.with_output(out)
     _prepare(config, out, force)
     plan = stages(config, out)
-    executors = make_executors(config, out, plan)
     if config.executor.kind == "slurm":
-        from datatrove.executor.slurm import SlurmPipelineExecutor
-
-        from motif_data.pipeline.write import FinalizeStep
-
-        executors.append(
-            SlurmPipelineExecutor(
-                [FinalizeStep(config)],
-                tasks=1,
-                time=config.executor.time,
-                partition=config.executor.partition,
-                job_name="motif-finalize",
-                logging_dir=str(out / WORK_DIR / "finalize"),
-                depends=executors[-1],
-            )
-        )
-        executors[-1].run()
+        executors = slurm_jobs(config, out, plan)
+        executors[-1].run()  # submits it and, through its dependencies, every job before it
         log(f"submitted {len(executors)} slurm jobs; the manifest appears in {out} when they finish")
         return None
+    executors = make_executors(config, out, plan)
     if config.executor.kind == "ray":
         import ray
 

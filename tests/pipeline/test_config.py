@@ -9,7 +9,7 @@ import yaml
 
 from motif_data import DOMAINS
 from motif_data.pipeline import describe_plan, load_config, parse_config
-from motif_data.pipeline.build import make_executors, stages
+from motif_data.pipeline.build import make_executors, slurm_jobs, stages
 
 try:
     import tomllib
@@ -65,6 +65,31 @@ def test_motif_config_names_hub_sources_for_all_domains(o200k_path):
     assert [e.depends for e in executors[1:]] == executors[:-1]
     assert executors[0].partition == "cpu" and executors[0].tasks == 4096
     assert [e.tasks for e in executors] == [st.tasks for st in plan]
+
+
+def test_the_slurm_finalize_job_gets_the_stages_sbatch_settings(o200k_path, tmp_path):
+    data = tomllib.loads((CONFIGS / "motif-2.6b.toml").read_text())
+    data["tokenizer"]["path"] = str(o200k_path)
+    data["executor"] |= {"qos": "high", "venv_path": "/opt/motif/bin/activate", "cpus_per_task": 2,
+                         "mem_per_cpu_gb": 3.5, "sbatch_args": {"account": "motif-data"}}  # fmt: skip
+    config = parse_config(data, base=CONFIGS)
+    jobs = slurm_jobs(config, tmp_path, stages(config, tmp_path))
+    finalize, stage = jobs[-1], jobs[0]
+    assert finalize.job_name == "motif-finalize" and finalize.tasks == 1 and finalize.depends is jobs[-2]
+
+    def directives(job):  # what datatrove writes into the job's sbatch script, less the per-job lines
+        return {
+            k: v
+            for k, v in job.get_sbatch_args().items()
+            if k not in ("job-name", "output", "error", "array")
+        }
+
+    # before: the finalize job had partition and time only, so the manifest job failed where qos is required
+    assert directives(finalize) == directives(stage)
+    assert {"qos": "high", "account": "motif-data", "cpus-per-task": 2, "mem-per-cpu": "3.5G"}.items() <= (
+        directives(finalize).items()
+    )
+    assert finalize.venv_path == stage.venv_path == "/opt/motif/bin/activate"
 
 
 def test_bad_config_fails_fast_with_every_problem_listed(tmp_path):

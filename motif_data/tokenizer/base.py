@@ -17,7 +17,7 @@ from unittest import mock
 import tiktoken
 import tiktoken_ext.openai_public
 
-__all__ = ["O200K_SHA256", "O200K_FILENAME", "load_base", "base_spec", "fingerprint"]
+__all__ = ["O200K_SHA256", "O200K_FILENAME", "load_base", "base_spec", "encoding_spec", "fingerprint"]
 
 O200K_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
 O200K_FILENAME = "o200k_base.tiktoken"
@@ -66,13 +66,7 @@ def base_spec(path: str | os.PathLike | None = None) -> dict:
     if path is None and not cache:
         path = _packaged_copy()
     if path is None:
-        enc = tiktoken.get_encoding("o200k_base")
-        return {
-            "name": enc.name,
-            "pat_str": enc._pat_str,
-            "mergeable_ranks": enc._mergeable_ranks,
-            "special_tokens": enc._special_tokens,
-        }
+        return encoding_spec(tiktoken.get_encoding("o200k_base"))
     data = _read_checked(Path(path))
     ranks = {
         base64.b64decode(token): int(rank)
@@ -89,12 +83,25 @@ def load_base(path: str | os.PathLike | None = None) -> tiktoken.Encoding:
     return tiktoken.Encoding(**base_spec(path))
 
 
+def encoding_spec(enc: tiktoken.Encoding) -> dict:
+    """An encoding's constructor arguments: ``name``, ``pat_str``, ``mergeable_ranks`` (bytes → rank),
+    ``special_tokens`` (name → id); ``tiktoken.Encoding(**spec)`` rebuilds it. tiktoken has no public
+    accessor for them, so this is the one place in the package that reads its private fields."""
+    return {
+        "name": enc.name,
+        "pat_str": enc._pat_str,
+        "mergeable_ranks": enc._mergeable_ranks,
+        "special_tokens": enc._special_tokens,
+    }
+
+
 def fingerprint(enc: tiktoken.Encoding) -> str:
     """sha256 over everything that decides an encoding's ids: split pattern, ranks and specials."""
+    spec = encoding_spec(enc)
     h = hashlib.sha256()
-    h.update(enc._pat_str.encode())
-    for token, rank in sorted(enc._mergeable_ranks.items(), key=lambda kv: kv[1]):
+    h.update(spec["pat_str"].encode())
+    for token, rank in sorted(spec["mergeable_ranks"].items(), key=lambda kv: kv[1]):
         h.update(rank.to_bytes(4, "little") + len(token).to_bytes(2, "little") + token)
-    for name, rank in sorted(enc._special_tokens.items(), key=lambda kv: kv[1]):
+    for name, rank in sorted(spec["special_tokens"].items(), key=lambda kv: kv[1]):
         h.update(rank.to_bytes(4, "little") + name.encode())
     return h.hexdigest()

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import tiktoken
 
+from motif_data.tokenizer.base import encoding_spec
 from motif_data.tokenizer.bpe import bpe
 from motif_data.tokenizer.corpus import CorpusStats, iter_texts
 from motif_data.tokenizer.vocab import FIRST_LEARNED
@@ -33,7 +34,7 @@ def batches(texts: Iterable[str], size: int = _BATCH) -> Iterator[list[str]]:
 
 def learned_ids(enc: tiktoken.Encoding) -> list[int]:
     """Ids of the tokens learned on top of o200k (mergeable ranks from 200,019 up)."""
-    return sorted(rank for rank in enc._mergeable_ranks.values() if rank >= FIRST_LEARNED)
+    return sorted(rank for rank in encoding_spec(enc)["mergeable_ranks"].values() if rank >= FIRST_LEARNED)
 
 
 def unreachable_tokens(enc: tiktoken.Encoding, ids: Iterable[int] | None = None) -> list[int]:
@@ -42,7 +43,7 @@ def unreachable_tokens(enc: tiktoken.Encoding, ids: Iterable[int] | None = None)
     tiktoken itself would look a whole piece up directly, so this uses the plain merge rule (``bpe``): a
     token it cannot build can only ever appear when a regex piece is exactly its bytes.
     """
-    ranks = enc._mergeable_ranks
+    ranks = encoding_spec(enc)["mergeable_ranks"]
     ids = learned_ids(enc) if ids is None else ids
     return [
         i for i in ids if bpe(enc.decode_single_token_bytes(i), ranks) != [enc.decode_single_token_bytes(i)]

@@ -18,6 +18,7 @@ from pathlib import Path
 import tiktoken
 
 from motif_data.atomic import atomic_dir, atomic_write_bytes, atomic_write_text
+from motif_data.tokenizer.base import encoding_spec
 from motif_data.tokenizer.bpe import merge_parts
 from motif_data.tokenizer.vocab import BASE_RANKS
 
@@ -89,19 +90,20 @@ def to_hf(enc: tiktoken.Encoding):
     def show(token: bytes) -> str:
         return "".join(alphabet[b] for b in token)
 
-    merges = [(show(left), show(right)) for left, right in _merges(enc._mergeable_ranks)]
-    vocab = {show(token): rank for token, rank in enc._mergeable_ranks.items()}
-    vocab.update(enc._special_tokens)
+    spec = encoding_spec(enc)
+    merges = [(show(left), show(right)) for left, right in _merges(spec["mergeable_ranks"])]
+    vocab = {show(token): rank for token, rank in spec["mergeable_ranks"].items()}
+    vocab.update(spec["special_tokens"])
     model = models.BPE(vocab=vocab, merges=merges, ignore_merges=True)
     tokenizer = Tokenizer(model)
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(enc._pat_str), behavior="isolated", invert=False),
+            pre_tokenizers.Split(Regex(spec["pat_str"]), behavior="isolated", invert=False),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )
     tokenizer.decoder = decoders.ByteLevel()
-    specials = sorted(enc._special_tokens.items(), key=lambda kv: kv[1])
+    specials = sorted(spec["special_tokens"].items(), key=lambda kv: kv[1])
     tokenizer.add_special_tokens([AddedToken(name, special=True, normalized=False) for name, _ in specials])
     for name, token_id in specials:
         if tokenizer.token_to_id(name) != token_id:
@@ -110,7 +112,7 @@ def to_hf(enc: tiktoken.Encoding):
 
 
 def _hf_config(enc: tiktoken.Encoding) -> dict:
-    specials = enc._special_tokens
+    specials = encoding_spec(enc)["special_tokens"]
     named = {
         "bos_token": "<|begin_of_text|>",
         "eos_token": "<|endoftext|>",
@@ -131,15 +133,16 @@ def write_dir(
 ) -> None:
     """Write all four files (and ``extra`` JSON files, name → content) into an existing directory."""
     directory = Path(directory)
-    ranks = sorted(enc._mergeable_ranks.items(), key=lambda kv: kv[1])
+    spec = encoding_spec(enc)
+    ranks = sorted(spec["mergeable_ranks"].items(), key=lambda kv: kv[1])
     atomic_write_bytes(
         directory / RANKS_FILE, b"".join(base64.b64encode(token) + b" %d\n" % rank for token, rank in ranks)
     )
     specials = {
         "name": enc.name,
-        "pat_str": enc._pat_str,
+        "pat_str": spec["pat_str"],
         "vocab_size": enc.n_vocab,
-        "special_tokens": dict(sorted(enc._special_tokens.items(), key=lambda kv: kv[1])),
+        "special_tokens": dict(sorted(spec["special_tokens"].items(), key=lambda kv: kv[1])),
     }
     atomic_write_text(directory / SPECIALS_FILE, _json(specials))
     atomic_write_text(directory / HF_FILE, to_hf(enc).to_str(pretty=True) + "\n")

@@ -27,7 +27,7 @@ import numpy as np
 import regex
 import tiktoken
 
-from motif_data.tokenizer.base import load_base
+from motif_data.tokenizer.base import encoding_spec, load_base
 from motif_data.tokenizer.corpus import CorpusStats, expand_inputs, iter_texts
 from motif_data.tokenizer.vocab import (
     DEFAULT_VOCAB_SIZE,
@@ -167,19 +167,14 @@ def count_pieces(
     With ``max_per_document`` a piece counts at most that often per document (0: no limit).
     """
     stats = CorpusStats() if stats is None else stats
-    spec = {
-        "name": base.name,
-        "pat_str": base._pat_str,
-        "mergeable_ranks": base._mergeable_ranks,
-        "special_tokens": base._special_tokens,
-    }
+    spec = encoding_spec(base)
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     inboxes = [ctx.Queue(maxsize=4) for _ in range(workers)]
     outbox = ctx.Queue()
     procs = [
         ctx.Process(
             target=_count_worker,
-            args=(inboxes[r], outbox, r, base._pat_str, hangul_only, max_per_document, spec),
+            args=(inboxes[r], outbox, r, spec["pat_str"], hangul_only, max_per_document, spec),
             daemon=True,
         )
         for r in range(workers)
@@ -390,7 +385,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
             f"empty corpus: the inputs hold no {what} ({stats.documents} documents read, skipped "
             f"{dict(stats.skipped) or 'none'}); check --input and --text-field"
         )
-    by_rank = {rank: token for token, rank in base._mergeable_ranks.items()}
+    by_rank = {rank: token for token, rank in encoding_spec(base)["mergeable_ranks"].items()}
     learned = learn(
         segments,
         counts,

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import tiktoken
 
+from motif_data.tokenizer.base import encoding_spec
+
 __all__ = [
     "BASE_RANKS",
     "FIRST_LEARNED",
@@ -71,7 +73,8 @@ def build_encoding(
     base: tiktoken.Encoding, learned: list[bytes], vocab_size: int, name: str = "o200k_korean"
 ) -> tiktoken.Encoding:
     """The extended ``tiktoken.Encoding``: ``base``'s ranks, then ``learned`` from id 200,019, then specials."""
-    ranks = {token: rank for token, rank in base._mergeable_ranks.items()}
+    spec = encoding_spec(base)
+    ranks = dict(spec["mergeable_ranks"])
     if len(ranks) != BASE_RANKS or max(ranks.values()) != BASE_RANKS - 1:
         raise ValueError(f"base encoding {base.name} is not o200k_base ({len(ranks)} ranks)")
     for i, token in enumerate(learned):
@@ -80,7 +83,7 @@ def build_encoding(
         ranks[token] = FIRST_LEARNED + i
     return tiktoken.Encoding(
         name=name,
-        pat_str=base._pat_str,
+        pat_str=spec["pat_str"],
         mergeable_ranks=ranks,
         special_tokens=special_tokens(vocab_size, len(learned)),
         explicit_n_vocab=vocab_size,

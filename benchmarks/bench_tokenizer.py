@@ -28,7 +28,7 @@ import tiktoken
 import tokenizers
 
 from motif_data import DOMAINS
-from motif_data.tokenizer import TrainConfig, load, load_base, save, train
+from motif_data.tokenizer import TokenizerConfig, load, load_base, save, train_tokenizer
 from motif_data.tokenizer.corpus import iter_texts
 from motif_data.tokenizer.evaluate import compare_file, hf_parity, unreachable_tokens
 from motif_data.tokenizer.export import HF_FILE
@@ -106,7 +106,7 @@ def main() -> int:
         resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime,
     )
     start = time.perf_counter()
-    full = train(TrainConfig(inputs=inputs, base=str(base_path)), progress=True)
+    full = train_tokenizer(TokenizerConfig(inputs=inputs, base=str(base_path)), progress=True)
     train_s = time.perf_counter() - start
     main_cpu = resource.getrusage(resource.RUSAGE_SELF).ru_utime - cpu[0]
     worker_cpu = resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime - cpu[1]
@@ -125,8 +125,8 @@ def main() -> int:
     # 2. held-out quality
     kept, held = _split_reviews(korean / "nsmc_reviews.jsonl.zst", work)
     start = time.perf_counter()
-    split = train(
-        TrainConfig(
+    split = train_tokenizer(
+        TokenizerConfig(
             inputs=((str(korean / "kowiki_train.jsonl.zst"), 1), (str(kept), 1)), base=str(base_path)
         ),
         progress=False,

@@ -129,11 +129,11 @@ def _harvest(cfg: DemoConfig, src_dir: Path) -> tuple[list[dict], Path]:
 
 
 def _tokenizer(cfg: DemoConfig, rows: list[dict], heldout: Path, out: Path) -> tuple[Path, list[dict]]:
-    from motif_data.tokenizer import TrainConfig, load_base, save, train
+    from motif_data.tokenizer import TokenizerConfig, load_base, save, train_tokenizer
     from motif_data.tokenizer.evaluate import compare_file, unreachable_tokens
 
     korean = tuple((r["path"], 1) for r in rows if r["domain"] == "korean")
-    result = train(TrainConfig(inputs=korean, min_frequency=2), progress=cfg.progress)
+    result = train_tokenizer(TokenizerConfig(inputs=korean, min_frequency=2), progress=cfg.progress)
     tok_dir = save(result.encoding, out, extra={"train_report.json": result.report}, force=True)
     base = load_base()
     table = []

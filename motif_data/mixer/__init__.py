@@ -3,12 +3,12 @@
 from motif_data.mixer.permutation import permute
 from motif_data.mixer.plan import DomainPlan, packed_sequences, plan
 from motif_data.mixer.sampler import QuotaSampler
-from motif_data.mixer.schedule import PRESETS, MixtureSchedule, Stage
+from motif_data.mixer.schedule import SCHEDULE_PRESETS, MixtureSchedule, Stage
 
 __all__ = [
     "MixtureSchedule",
     "Stage",
-    "PRESETS",
+    "SCHEDULE_PRESETS",
     "QuotaSampler",
     "permute",
     "plan",

@@ -16,7 +16,7 @@ import numpy as np
 from motif_data import DOMAINS
 from motif_data.atomic import atomic_write_text
 
-__all__ = ["Stage", "MixtureSchedule", "PRESETS"]
+__all__ = ["Stage", "MixtureSchedule", "SCHEDULE_PRESETS"]
 
 _SUM_TOL = 1e-6
 
@@ -106,9 +106,11 @@ class MixtureSchedule:
 
     @classmethod
     def preset(cls, name: str, **kwargs: float) -> MixtureSchedule:
-        if name not in PRESETS:
-            raise ValueError(f"unknown schedule preset {name!r}; known presets: {', '.join(PRESETS)}")
-        return PRESETS[name](**kwargs)
+        if name not in SCHEDULE_PRESETS:
+            raise ValueError(
+                f"unknown schedule preset {name!r}; known presets: {', '.join(SCHEDULE_PRESETS)}"
+            )
+        return SCHEDULE_PRESETS[name](**kwargs)
 
     @classmethod
     def motif_2_6b(cls, stage1_tokens: float = 2e12, anneal_tokens: float = 0.5e12) -> MixtureSchedule:
@@ -178,12 +180,12 @@ class MixtureSchedule:
     @classmethod
     def load(cls, path_or_preset: str | os.PathLike) -> MixtureSchedule:
         """A preset name (``motif-2.6b``) or the path of a TOML file."""
-        if str(path_or_preset) in PRESETS:
+        if str(path_or_preset) in SCHEDULE_PRESETS:
             return cls.preset(str(path_or_preset))
         path = Path(path_or_preset)
         if not path.is_file():
             raise FileNotFoundError(
-                f"schedule {path} not found: pass a TOML file or a preset ({', '.join(PRESETS)})"
+                f"schedule {path} not found: pass a TOML file or a preset ({', '.join(SCHEDULE_PRESETS)})"
             )
         try:
             return cls.from_toml(path.read_text(encoding="utf-8"))
@@ -243,4 +245,4 @@ def _toml_str(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-PRESETS = {"motif-2.6b": MixtureSchedule.motif_2_6b}
+SCHEDULE_PRESETS = {"motif-2.6b": MixtureSchedule.motif_2_6b}

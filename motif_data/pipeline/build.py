@@ -38,7 +38,7 @@ def _stderr(msg: str) -> None:
 
 
 @dataclass(frozen=True)
-class Stage:
+class BuildStage:
     name: str
     pipeline: list
     tasks: int
@@ -50,7 +50,7 @@ def _spill_reader(work: Path):
     return SpillReader(str(work / SPILL_DIR), compression=None, add_file_path=False)
 
 
-def stages(config: BuildConfig, out: Path) -> list[Stage]:
+def stages(config: BuildConfig, out: Path) -> list[BuildStage]:
     """The datatrove pipelines of a build writing to ``out``, in order."""
     from datatrove.pipeline.dedup import MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter
     from datatrove.pipeline.dedup.exact_dedup import ExactDedupFilter, ExactDedupSignature, ExactFindDedups
@@ -76,22 +76,24 @@ def stages(config: BuildConfig, out: Path) -> list[Stage]:
     ]
     if exact:
         ingest.append(ExactDedupSignature(str(work / "exact/sigs"), config=ecfg))
-    result = [Stage("ingest", ingest, n)]
+    result = [BuildStage("ingest", ingest, n)]
     drop_exact = [ExactDedupFilter(str(work / "exact/dups"), config=ecfg)] if exact else []
     if exact:
         result.append(
-            Stage("exact", [ExactFindDedups(str(work / "exact/sigs"), str(work / "exact/dups"), ecfg)], 1)
+            BuildStage(
+                "exact", [ExactFindDedups(str(work / "exact/sigs"), str(work / "exact/dups"), ecfg)], 1
+            )
         )
     if near:
         sig = DomainMinhashSignature(str(work / "minhash/sigs"), config=mcfg)
         result += [
-            Stage("minhash-signatures", [_spill_reader(work), *drop_exact, sig], n),
-            Stage(
+            BuildStage("minhash-signatures", [_spill_reader(work), *drop_exact, sig], n),
+            BuildStage(
                 "minhash-buckets",
                 [MinhashDedupBuckets(str(work / "minhash/sigs"), str(work / "minhash/buckets"), config=mcfg)],
                 config.dedup.bands,
             ),
-            Stage(
+            BuildStage(
                 "minhash-clusters",
                 [
                     MinhashDedupCluster(
@@ -112,7 +114,7 @@ def stages(config: BuildConfig, out: Path) -> list[Stage]:
         TokenizeStep(config.tokenizer, config.sources),
         ShardWriteStep(str(out), str(work), config.shard_tokens),
     ]
-    result.append(Stage("tokenize", tokenize, n))
+    result.append(BuildStage("tokenize", tokenize, n))
     return result
 
 
@@ -147,7 +149,7 @@ def _slurm_job(pipeline: list, config: BuildConfig, tasks: int, name: str, loggi
     )
 
 
-def slurm_jobs(config: BuildConfig, out: Path, plan: list[Stage]) -> list:
+def slurm_jobs(config: BuildConfig, out: Path, plan: list[BuildStage]) -> list:
     """The stages' jobs and the finalize job that writes the manifest, each depending on the one before."""
     from motif_data.pipeline.write import FinalizeStep
 
@@ -157,7 +159,7 @@ def slurm_jobs(config: BuildConfig, out: Path, plan: list[Stage]) -> list:
     return jobs + [finalize]
 
 
-def make_executors(config: BuildConfig, out: Path, plan: list[Stage]) -> list:
+def make_executors(config: BuildConfig, out: Path, plan: list[BuildStage]) -> list:
     ex = config.executor
     logs = out / WORK_DIR / LOGS_DIR
     made: list = []

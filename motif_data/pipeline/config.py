@@ -181,6 +181,11 @@ def _fields(cls) -> set[str]:
     return {f.name for f in dataclasses.fields(cls)}
 
 
+def _default(cls, name: str):
+    """A field's default, as its dataclass writes it (the one place each default is written)."""
+    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
+
+
 def _resolve(path: str, base: Path) -> str:
     if is_url(path) or os.path.isabs(path):
         return path
@@ -235,7 +240,7 @@ def _filters(data: dict, where: str, problems: _Problems) -> FilterConfig:
             problems.unknown_keys(f"{where}.language_id", lid, _fields(LanguageIdConfig))
             kwargs["language_id"] = LanguageIdConfig(
                 languages=_tuple(lid["languages"], f"{where}.language_id.languages", problems),
-                min_score=float(lid.get("min_score", 0.65)),
+                min_score=float(lid.get("min_score", _default(LanguageIdConfig, "min_score"))),
                 model=lid.get("model"),
             )
     for key in ("min_tokens", "max_bytes"):
@@ -277,7 +282,7 @@ def _rule(data: Any, where: str, problems: _Problems) -> RouteRule | None:
         values=tuple(str(v) for v in values),
         url=data.get("url"),
         script=data.get("script"),
-        min_ratio=float(data.get("min_ratio", 0.5)),
+        min_ratio=float(data.get("min_ratio", _default(RouteRule, "min_ratio"))),
     )
 
 
@@ -374,7 +379,7 @@ def parse_config(data: dict, base: str | os.PathLike = ".", path: str | None = N
             problems.add(
                 f"tokenizer.path: {tokenizer} does not exist: name a tokenizer directory or o200k_base.tiktoken"
             )
-    shard_tokens = data.get("shard_tokens", 1 << 28)
+    shard_tokens = data.get("shard_tokens", _default(BuildConfig, "shard_tokens"))
     if not isinstance(shard_tokens, int) or shard_tokens < 1:
         problems.add(f"shard_tokens: expected an integer ≥ 1, got {shard_tokens!r}")
     if problems.items:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
 __all__ = ["register"]
-
-_DEFAULT_VOCAB_SIZE = 219_520  # vocab.DEFAULT_VOCAB_SIZE; repeated so --help imports nothing heavy
 
 
 def _input_spec(value: str) -> tuple[str, int]:
@@ -31,7 +30,13 @@ def register(subparsers) -> None:
     common.add_argument(
         "--base", help="o200k_base.tiktoken file (default: $TIKTOKEN_CACHE_DIR or tiktoken's download)"
     )
-    common.add_argument("--text-field", default="text", help="JSON field / parquet column holding the text")
+    from motif_data.tokenizer.train import TokenizerConfig
+
+    # The defaults are the config's own: written once, in TokenizerConfig.
+    default = {f.name: f.default for f in dataclasses.fields(TokenizerConfig)}
+    common.add_argument(
+        "--text-field", default=default["text_field"], help="JSON field / parquet column holding the text"
+    )
 
     train = sub.add_parser(
         "train",
@@ -48,23 +53,33 @@ def register(subparsers) -> None:
         help="file or glob; repeatable; @WEIGHT (integer) counts its documents WEIGHT times",
     )
     train.add_argument("--out", required=True, type=Path, help="tokenizer directory to create")
-    train.add_argument("--vocab-size", type=int, default=_DEFAULT_VOCAB_SIZE, help="total ids incl. specials")
     train.add_argument(
-        "--min-frequency", type=int, default=2, help="stop when the best pair is rarer than this"
+        "--vocab-size",
+        type=int,
+        default=default["vocab_size"],
+        help="total ids incl. specials (default %(default)s)",
+    )
+    train.add_argument(
+        "--min-frequency",
+        type=int,
+        default=default["min_frequency"],
+        help="stop when the best pair is rarer than this (default %(default)s)",
     )
     train.add_argument(
         "--hangul-only",
         action=argparse.BooleanOptionalAction,
-        default=True,
+        default=default["hangul_only"],
         help="learn only from pieces with Hangul, so text without Hangul keeps o200k's ids (default: on)",
     )
     train.add_argument(
         "--max-per-document",
         type=int,
-        default=3,
-        help="count a piece at most this often per document, 0 = no limit (default 3)",
+        default=default["max_per_document"],
+        help="count a piece at most this often per document, 0 = no limit (default %(default)s)",
     )
-    train.add_argument("--workers", type=int, default=2, help="processes for counting (default 2)")
+    train.add_argument(
+        "--workers", type=int, default=default["workers"], help="processes for counting (default %(default)s)"
+    )
     train.add_argument("--force", action="store_true", help="replace --out if it exists")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=_run_train)
@@ -108,9 +123,9 @@ def _run_train(args) -> int:
     import time
 
     from motif_data.tokenizer.export import save
-    from motif_data.tokenizer.train import TrainConfig, train
+    from motif_data.tokenizer.train import TokenizerConfig, train_tokenizer
 
-    config = TrainConfig(
+    config = TokenizerConfig(
         inputs=tuple(args.input),
         base=args.base,
         text_field=args.text_field,
@@ -122,7 +137,7 @@ def _run_train(args) -> int:
     )
     _refuse_existing(args.out, args.force)
     start = time.perf_counter()
-    result = train(config, progress=not args.quiet)
+    result = train_tokenizer(config, progress=not args.quiet)
     seconds = time.perf_counter() - start
     save(result.encoding, args.out, extra={"training.json": result.report}, force=args.force)
     report = result.report

@@ -38,7 +38,15 @@ from motif_data.tokenizer.vocab import (
     learned_budget,
 )
 
-__all__ = ["TrainConfig", "TrainResult", "Learned", "count_pieces", "learn", "train", "has_hangul"]
+__all__ = [
+    "TokenizerConfig",
+    "TrainResult",
+    "Learned",
+    "count_pieces",
+    "learn",
+    "train_tokenizer",
+    "has_hangul",
+]
 
 _SHIFT = 20  # pair key = left << 20 | right; vocab sizes are capped at 2**20 (vocab.MAX_VOCAB_SIZE)
 _HANGUL = regex.compile(r"\p{Script=Hangul}")
@@ -70,7 +78,7 @@ def _holds_whole_hangul_char(token: bytes) -> bool:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TokenizerConfig:
     """Validated arguments of ``motif-data tokenizer train``; ``inputs`` are (path or glob, weight)."""
 
     inputs: tuple[tuple[str, int], ...]
@@ -370,7 +378,7 @@ class TrainResult:
     report: dict = field(default_factory=dict)
 
 
-def train(config: TrainConfig, progress: bool = True) -> TrainResult:
+def train_tokenizer(config: TokenizerConfig, progress: bool = True) -> TrainResult:
     """Read the inputs, learn up to the layout's budget of Korean tokens, return the extended encoding."""
     expand_inputs([pattern for pattern, _ in config.inputs])  # reports every unusable input at once
     files = [(path, weight) for pattern, weight in config.inputs for path in expand_inputs([pattern])]

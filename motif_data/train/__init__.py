@@ -13,7 +13,7 @@ import importlib
 __all__ = [
     "ModelConfig",
     "TrainConfig",
-    "PRESETS",
+    "MODEL_PRESETS",
     "load_config",
     "Motif",
     "flops_per_token",
@@ -25,7 +25,7 @@ __all__ = [
 _WHERE = {
     "ModelConfig": "config",
     "TrainConfig": "config",
-    "PRESETS": "config",
+    "MODEL_PRESETS": "config",
     "load_config": "config",
     "Motif": "model",
     "flops_per_token": "model",

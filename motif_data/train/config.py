@@ -13,7 +13,7 @@ from pathlib import Path
 from motif_data.compat import tomllib
 from motif_data.kernels.linear_ce import BACKENDS
 
-__all__ = ["ModelConfig", "TrainConfig", "PRESETS", "load_config", "config_from_dict"]
+__all__ = ["ModelConfig", "TrainConfig", "MODEL_PRESETS", "load_config", "config_from_dict"]
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class ModelConfig:
 
 
 #: Model sizes. ``motif-2.6b`` is Motif-2.6B's shape (16 heads of 128 → 8 differential heads, value dim 256).
-PRESETS: dict[str, ModelConfig] = {
+MODEL_PRESETS: dict[str, ModelConfig] = {
     # CPU tests: ~6.5M parameters with o200k, nearly all of them the (vocab × 32) embedding.
     "tiny": ModelConfig(n_layers=2, d_model=32, n_heads=4, head_dim=8, ffn_dim=128),
     # One GPU: ~270M parameters with o200k's 200,019 ids, 154M of them the tied embedding.
@@ -201,7 +201,8 @@ _MODEL_FIELDS = {f.name for f in dataclasses.fields(ModelConfig)}
 
 def config_from_dict(data: dict, base_dir: str | os.PathLike = ".") -> TrainConfig:
     """``{"model": {"preset": ..., overrides}, "train": {...}}`` → TrainConfig; relative paths are taken
-    from ``base_dir`` (the TOML's folder) unless they exist relative to the working directory."""
+    from ``base_dir`` (the TOML's folder), the rule of build configs too: a config means the same files
+    from wherever it is run."""
     problems = []
     unknown_sections = sorted(set(data) - {"model", "train"})
     if unknown_sections:
@@ -211,9 +212,9 @@ def config_from_dict(data: dict, base_dir: str | os.PathLike = ".") -> TrainConf
     if preset is None:
         missing = sorted({"n_layers", "d_model", "n_heads", "head_dim", "ffn_dim"} - set(model_section))
         if missing:
-            problems.append(f"[model] needs preset = one of {sorted(PRESETS)} or all of {missing}")
-    elif preset not in PRESETS:
-        problems.append(f"model.preset {preset!r} is unknown: use one of {sorted(PRESETS)}")
+            problems.append(f"[model] needs preset = one of {sorted(MODEL_PRESETS)} or all of {missing}")
+    elif preset not in MODEL_PRESETS:
+        problems.append(f"model.preset {preset!r} is unknown: use one of {sorted(MODEL_PRESETS)}")
     bad_model = sorted(set(model_section) - _MODEL_FIELDS)
     if bad_model:
         problems.append(f"unknown [model] keys {bad_model}; known: preset, {sorted(_MODEL_FIELDS)}")
@@ -223,7 +224,11 @@ def config_from_dict(data: dict, base_dir: str | os.PathLike = ".") -> TrainConf
         problems.append(f"unknown [train] keys {bad_train}; known: {sorted(_TRAIN_FIELDS)}")
     if problems:
         raise ValueError("invalid training config:\n  " + "\n  ".join(problems))
-    model = dataclasses.replace(PRESETS[preset], **model_section) if preset else ModelConfig(**model_section)
+    model = (
+        dataclasses.replace(MODEL_PRESETS[preset], **model_section)
+        if preset
+        else ModelConfig(**model_section)
+    )
     for key in ("corpus", "schedule"):
         value = train_section.get(key)
         if isinstance(value, str) and (value.endswith(".toml") or value.endswith(".json")):
@@ -233,9 +238,7 @@ def config_from_dict(data: dict, base_dir: str | os.PathLike = ".") -> TrainConf
 
 def _resolve(value: str, base_dir: Path) -> str:
     path = Path(value)
-    if path.is_absolute() or path.exists():
-        return str(path)
-    return str(base_dir / path)
+    return str(path if path.is_absolute() else base_dir / path)
 
 
 def load_config(path: str | os.PathLike) -> TrainConfig:

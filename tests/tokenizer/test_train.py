@@ -8,7 +8,7 @@ import tiktoken
 from tokhelpers import read_texts
 
 from motif_data.tokenizer import fingerprint
-from motif_data.tokenizer.train import TrainConfig, train
+from motif_data.tokenizer.train import TokenizerConfig, train_tokenizer
 from motif_data.tokenizer.vocab import FIRST_LEARNED, NAMED_SPECIALS
 
 
@@ -32,8 +32,8 @@ def _whole_hangul_char(token: bytes) -> bool:
 def test_trainer_segmentation_equals_tiktoken_on_every_training_piece(
     small_corpus, o200k_path, small_vocab_size, trained
 ):
-    result = train(
-        TrainConfig(inputs=((str(small_corpus), 1),), base=str(o200k_path), vocab_size=small_vocab_size),
+    result = train_tokenizer(
+        TokenizerConfig(inputs=((str(small_corpus), 1),), base=str(o200k_path), vocab_size=small_vocab_size),
         progress=False,
     )
     enc = result.encoding
@@ -81,8 +81,8 @@ def test_merges_equal_brute_force_continued_bpe(corpus, o200k, o200k_path, tmp_p
         by_id[FIRST_LEARNED + step] = expected[-1]
 
     vocab = FIRST_LEARNED + len(NAMED_SPECIALS) + steps
-    ours = train(
-        TrainConfig(inputs=((str(tiny), 1),), base=str(o200k_path), vocab_size=vocab, workers=1),
+    ours = train_tokenizer(
+        TokenizerConfig(inputs=((str(tiny), 1),), base=str(o200k_path), vocab_size=vocab, workers=1),
         progress=False,
     )
     assert ours.learned.tokens == expected
@@ -94,12 +94,16 @@ def test_weights_count_documents_repeatedly(corpus, o200k_path, tmp_path):
     once.write_bytes(b"".join(orjson.dumps({"text": t}) + b"\n" for t in texts))
     twice.write_bytes(once.read_bytes() * 2)
     vocab = FIRST_LEARNED + len(NAMED_SPECIALS) + 60
-    a = train(TrainConfig(inputs=((str(once), 2),), base=str(o200k_path), vocab_size=vocab), progress=False)
-    b = train(TrainConfig(inputs=((str(twice), 1),), base=str(o200k_path), vocab_size=vocab), progress=False)
+    a = train_tokenizer(
+        TokenizerConfig(inputs=((str(once), 2),), base=str(o200k_path), vocab_size=vocab), progress=False
+    )
+    b = train_tokenizer(
+        TokenizerConfig(inputs=((str(twice), 1),), base=str(o200k_path), vocab_size=vocab), progress=False
+    )
     assert a.counts == [
         2 * c
-        for c in train(
-            TrainConfig(inputs=((str(once), 1),), base=str(o200k_path), vocab_size=vocab), progress=False
+        for c in train_tokenizer(
+            TokenizerConfig(inputs=((str(once), 1),), base=str(o200k_path), vocab_size=vocab), progress=False
         ).counts
     ]
     assert a.learned.tokens == b.learned.tokens
@@ -107,8 +111,8 @@ def test_weights_count_documents_repeatedly(corpus, o200k_path, tmp_path):
 
 def test_min_frequency_stops_when_best_pair_is_rarer(small_corpus, o200k_path, small_vocab_size):
     threshold = 40  # the corpus's most frequent pairs are above it, its 1,500th merge (count 3) below
-    result = train(
-        TrainConfig(
+    result = train_tokenizer(
+        TokenizerConfig(
             inputs=((str(small_corpus), 1),),
             base=str(o200k_path),
             vocab_size=small_vocab_size,
@@ -134,8 +138,8 @@ def test_no_hangul_only_learns_from_all_text(corpus, o200k_path, tmp_path):
     maths = tmp_path / "math.txt"
     maths.write_text("\n".join(t.replace("\n", " ") for t in texts), encoding="utf-8")
     vocab = FIRST_LEARNED + len(NAMED_SPECIALS) + 100
-    result = train(
-        TrainConfig(inputs=((str(maths), 1),), base=str(o200k_path), vocab_size=vocab, hangul_only=False),
+    result = train_tokenizer(
+        TokenizerConfig(inputs=((str(maths), 1),), base=str(o200k_path), vocab_size=vocab, hangul_only=False),
         progress=False,
     )
     enc = result.encoding
@@ -169,8 +173,8 @@ def test_max_per_document_caps_repeats_within_one_document(o200k_path, tmp_path)
     vocab = FIRST_LEARNED + len(NAMED_SPECIALS) + 5
     counted = {}
     for cap in (3, 0):
-        result = train(
-            TrainConfig(
+        result = train_tokenizer(
+            TokenizerConfig(
                 inputs=((str(corpus), 1),), base=str(o200k_path), vocab_size=vocab, max_per_document=cap
             ),
             progress=False,

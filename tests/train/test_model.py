@@ -9,14 +9,14 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from motif_data.train.config import PRESETS, ModelConfig
+from motif_data.train.config import MODEL_PRESETS, ModelConfig
 from motif_data.train.model import Motif, apply_rotary, count_parameters, flops_per_token
 
 SMALL_VOCAB = ModelConfig(n_layers=2, d_model=32, n_heads=4, head_dim=8, ffn_dim=96, vocab_size=300)
 
 
 def test_motif_2_6b_preset_has_2_6_billion_parameters_on_meta_device():
-    cfg = PRESETS["motif-2.6b"]
+    cfg = MODEL_PRESETS["motif-2.6b"]
     with torch.device("meta"):
         model = Motif(cfg)
     n = count_parameters(model)
@@ -30,7 +30,7 @@ def test_motif_2_6b_preset_has_2_6_billion_parameters_on_meta_device():
 
 def test_small_preset_is_between_120_and_300_million_parameters_with_o200k():
     with torch.device("meta"):
-        model = Motif(dataclasses.replace(PRESETS["small"], vocab_size=200_019))
+        model = Motif(dataclasses.replace(MODEL_PRESETS["small"], vocab_size=200_019))
     assert 120e6 <= count_parameters(model) <= 300e6
 
 
@@ -112,7 +112,7 @@ def test_rotary_matches_complex_rotation_and_base_switch_changes_it():
 
 def test_model_without_vocab_size_asks_for_it():
     with pytest.raises(ValueError, match="vocab_size"):
-        Motif(PRESETS["tiny"])
+        Motif(MODEL_PRESETS["tiny"])
 
 
 def test_parameter_names_are_motifs_released_checkpoint_names():

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from motif_data.train.config import PRESETS, load_config
+from motif_data.train.config import MODEL_PRESETS, load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -14,7 +14,7 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 @pytest.mark.parametrize("name", ["tiny", "small"])
 def test_shipped_configs_load_their_preset(name):
     cfg = load_config(CONFIGS / f"{name}.toml")
-    assert cfg.preset == name and cfg.model == PRESETS[name]
+    assert cfg.preset == name and cfg.model == MODEL_PRESETS[name]
     assert cfg.schedule == "motif-2.6b"
 
 
@@ -22,7 +22,7 @@ def test_model_overrides_apply_on_top_of_the_preset(tmp_path):
     path = tmp_path / "run.toml"
     path.write_text('[model]\npreset = "small"\nn_layers = 4\n[train]\nsteps = 20\nseq_len = 128\n')
     cfg = load_config(path)
-    assert cfg.model.n_layers == 4 and cfg.model.d_model == PRESETS["small"].d_model
+    assert cfg.model.n_layers == 4 and cfg.model.d_model == MODEL_PRESETS["small"].d_model
     assert cfg.steps == 20 and cfg.seq_len == 128
 
 
@@ -65,3 +65,21 @@ def test_sequences_longer_than_the_rope_tables_fail_at_load(tmp_path):
         load_config(path)
     path.write_text('[model]\npreset = "tiny"\nmax_seq_len = 1024\n[train]\nseq_len = 1024\n')
     assert load_config(path).model.max_seq_len == 1024
+
+
+def test_relative_paths_are_relative_to_the_config_file_wherever_it_is_run(tmp_path, monkeypatch):
+    # One rule for build and training configs: the TOML's folder. Before, a file of the same relative name
+    # under the working directory won, so one config trained on different corpora from different folders.
+    (tmp_path / "runs").mkdir()
+    path = tmp_path / "runs" / "run.toml"
+    path.write_text(
+        '[model]\npreset = "tiny"\n[train]\ncorpus = "build/manifest.json"\nschedule = "mix.toml"\n'
+    )
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "build").mkdir(parents=True)
+    (elsewhere / "build" / "manifest.json").write_text("{}")
+    (elsewhere / "mix.toml").write_text("")
+    monkeypatch.chdir(elsewhere)
+    cfg = load_config(path)
+    assert cfg.corpus == str(tmp_path / "runs" / "build" / "manifest.json")
+    assert cfg.schedule == str(tmp_path / "runs" / "mix.toml")

@@ -590,7 +590,10 @@ class DifferentialAttention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = head_dim
         self.reference = reference
-        self.lambda_init = lambda_init(layer_idx)
+        # A 0-dim buffer, not a Python float: torch.compile guards on a module's float attributes, so with a
+        # float per layer the code after the attention op's graph break recompiled for each layer and, past
+        # its limit of 8, ran eagerly (seen on the 12-layer `small`). Not saved: it follows from layer_idx.
+        self.register_buffer("lambda_init", torch.tensor(lambda_init(layer_idx)), persistent=False)
         self.lambda_q1 = nn.Parameter(torch.empty(head_dim))
         self.lambda_k1 = nn.Parameter(torch.empty(head_dim))
         self.lambda_q2 = nn.Parameter(torch.empty(head_dim))

@@ -115,3 +115,15 @@ def test_compiled_model_computes_what_the_eager_model_computes(monkeypatch):
     errors = {n: _rel(p.grad.double(), eager_grads[n]) for n, p in model.named_parameters()}
     problems = [f"{n}: {e:.1e}" for n, e in errors.items() if e > 1e-3]
     assert not problems, f"gradients differ from eager: {problems}"
+
+
+def test_the_compiled_model_compiles_the_layers_once():
+    # The training path (bf16 autocast, the autotuned kernels) breaks the graph at the attention op; the code
+    # after it is one function for every layer. λ_init, a Python float per layer, made Dynamo recompile that
+    # code for each layer; past its limit (8) the remaining layers ran eagerly (seen on the 12-layer small).
+    torch._dynamo.reset()
+    model = torch.compile(Motif(dataclasses.replace(CFG, n_layers=10)).cuda())
+    ids = torch.randint(0, CFG.vocab_size, (2, 300), device="cuda")
+    with torch._dynamo.config.patch(recompile_limit=4, fail_on_recompile_limit_hit=True):
+        for _ in range(2):
+            _losses_and_grads(model, ids, bf16=True)

@@ -164,6 +164,6 @@ class Checkpointer:
         for name, part in self.parts.items():
             try:
                 part.load_state_dict(state[name])
-            except ValueError as e:
+            except (ValueError, RuntimeError) as e:  # RuntimeError: torch's own (missing keys, shapes)
                 raise ValueError(f"{path}, {name}: {e}") from e
         return int(state["step"])

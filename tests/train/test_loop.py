@@ -221,3 +221,16 @@ def test_resume_with_a_refitted_schedule_is_refused_with_a_hint(tmp_path, synthe
     train(config(steps=4, warmup_steps=1, fit_schedule=True), tmp_path, synthetic_manifest)
     with pytest.raises(ValueError, match="fit_schedule ties the mixture to train.steps"):
         train(config(steps=6, warmup_steps=1, fit_schedule=True), tmp_path, synthetic_manifest, resume=True)
+
+
+def test_a_checkpoint_part_that_does_not_load_names_the_file_and_the_part(tmp_path, synthetic_manifest):
+    # e.g. a checkpoint written before the parameters took Motif's names: torch's missing-keys error,
+    # with the file and the registered part it failed in.
+    cfg = config(steps=2, warmup_steps=1)
+    train(cfg, tmp_path, synthetic_manifest)
+    path = latest_checkpoint(tmp_path / "checkpoints")
+    state = torch.load(path, weights_only=False)
+    state["model"]["embed.weight"] = state["model"].pop("embed_tokens.weight")
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=r"(?s)step-0000002\.pt, model: .*embed_tokens\.weight"):
+        train(cfg.replace(steps=4), tmp_path, synthetic_manifest, resume=True)

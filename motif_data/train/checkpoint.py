@@ -23,9 +23,25 @@ import torch
 from motif_data.atomic import atomic_open
 from motif_data.shards import file_sha256
 
-__all__ = ["Checkpointer", "RNGState", "latest_checkpoint", "finished_summary", "run_spec", "run_identity"]
+__all__ = [
+    "Checkpointer",
+    "CheckpointPartError",
+    "RNGState",
+    "latest_checkpoint",
+    "finished_summary",
+    "run_spec",
+    "run_identity",
+]
 
 _CHECKPOINT = re.compile(r"^step-(\d{7})\.pt$")
+
+
+class CheckpointPartError(ValueError):
+    """A registered part refused its saved state; ``part`` names it (the message names the file too)."""
+
+    def __init__(self, message: str, part: str) -> None:
+        super().__init__(message)
+        self.part = part
 
 
 class Stateful(Protocol):
@@ -165,5 +181,5 @@ class Checkpointer:
             try:
                 part.load_state_dict(state[name])
             except (ValueError, RuntimeError) as e:  # RuntimeError: torch's own (missing keys, shapes)
-                raise ValueError(f"{path}, {name}: {e}") from e
+                raise CheckpointPartError(f"{path}, {name}: {e}", name) from e
         return int(state["step"])

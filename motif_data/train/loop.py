@@ -23,7 +23,13 @@ from motif_data import DOMAINS
 from motif_data.atomic import atomic_open, atomic_write_text
 from motif_data.kernels.linear_ce import default_backend
 from motif_data.shards import Manifest
-from motif_data.train.checkpoint import Checkpointer, RNGState, finished_summary, run_spec
+from motif_data.train.checkpoint import (
+    Checkpointer,
+    CheckpointPartError,
+    RNGState,
+    finished_summary,
+    run_spec,
+)
 from motif_data.train.config import TrainConfig
 from motif_data.train.logger import MetricsLogger, keep_metrics_until
 from motif_data.train.model import Motif, count_parameters, flops_per_token
@@ -281,9 +287,12 @@ def train(
     if resume:
         try:
             start = checkpointer.load_latest()
-        except ValueError as e:
-            hint = " (fit_schedule ties the mixture to train.steps: keep the run's steps)"
-            raise ValueError(f"{e}{hint if cfg.fit_schedule and ', loader:' in str(e) else ''}") from e
+        except CheckpointPartError as e:
+            if not (cfg.fit_schedule and e.part == "loader"):
+                raise
+            raise ValueError(
+                f"{e} (fit_schedule ties the mixture to train.steps: keep the run's steps)"
+            ) from e
         if run.is_main:
             keep_metrics_until(out / "metrics.jsonl", start)
     if run.is_main:

@@ -250,8 +250,9 @@ class ShardReader:
                 f"shard {bin_path} is truncated: its index ends at token "
                 f"{int(offsets[-1]) if len(offsets) else 'n/a'} but the file holds {n_tokens} tokens"
             )
-        if len(offsets) > 1 and bool((offsets[1:] < offsets[:-1]).any()):
-            bad = int(np.flatnonzero(offsets[1:] < offsets[:-1])[0])
+        backwards = np.flatnonzero(offsets[1:] < offsets[:-1])
+        if len(backwards):
+            bad = int(backwards[0])
             raise ShardError(
                 f"shard index {idx_path} is corrupt: document {bad} ends before it starts "
                 f"(offsets {int(offsets[bad])} → {int(offsets[bad + 1])}): rebuild the shard"

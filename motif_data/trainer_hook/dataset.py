@@ -414,7 +414,7 @@ class MixtureDataset(IterableDataset):
                     "world size, batch size and num_workers. Save states at batch boundaries (MixtureDataLoader "
                     "does) to change them."
                 )
-            return dataclasses.replace(state, world_size=self.world_size, batch_size=self.batch_size)
+            return state
         if state.position % self.global_batch:
             raise ValueError(
                 f"position {state.position} is not a multiple of the global micro-batch {self.global_batch} "

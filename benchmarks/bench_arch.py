@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from motif_data import DOMAINS
-from motif_data.train.config import load_config
+from motif_data.train.config import TrainConfig
 from motif_data.train.loop import train
 from motif_data.train.plot import plot_comparison, read_metrics, tail_losses
 
@@ -38,7 +38,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the config's)")
     args = parser.parse_args()
 
-    base = load_config(args.config)
+    base = TrainConfig.load(args.config)
     base = base.replace(steps=args.steps or base.steps, save_checkpoints=False)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu, load {os.getloadavg()}"
     print(f"device: {device}; torch {torch.__version__}; python {platform.python_version()}")

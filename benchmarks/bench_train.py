@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from motif_data.train.config import load_config
+from motif_data.train.config import TrainConfig
 from motif_data.train.loop import train
 
 VARIANTS = {
@@ -48,7 +48,7 @@ def main() -> int:
     )  # fmt: skip
     args = parser.parse_args()
 
-    base = load_config(args.config).replace(
+    base = TrainConfig.load(args.config).replace(
         steps=args.steps, warmup_steps=max(1, args.steps // 10), save_checkpoints=False
     )
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu, load {os.getloadavg()}"

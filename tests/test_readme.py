@@ -140,14 +140,14 @@ def test_toml_blocks_are_valid_config_sections(workspace):
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib
 
-    from motif_data.pipeline import parse_config
+    from motif_data.pipeline import BuildConfig
 
     ws, paths = workspace
     base = tomllib.loads((ws / "sample.toml").read_text())
     sections = [tomllib.loads(b.code) for b in BLOCKS if b.lang == "toml"]
     assert sections
     for section in sections:
-        parse_config({**base, **section})  # raises, naming the key, on anything unknown or invalid
+        BuildConfig.from_dict({**base, **section})  # raises, naming the key, on anything unknown or invalid
 
 
 def test_install_blocks_are_the_commands_ci_and_the_demo_run():

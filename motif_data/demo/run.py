@@ -192,9 +192,9 @@ def _plot_bytes_per_token(table: list[dict], path: Path) -> None:
 
 
 def _build(cfg: DemoConfig, rows: list[dict], tok_dir: Path, out: Path):
-    from motif_data.pipeline import build, parse_config
+    from motif_data.pipeline import BuildConfig, build
 
-    config = parse_config(
+    config = BuildConfig.from_dict(
         {
             "output": str(out),
             "tokenizer": {"path": str(tok_dir)},
@@ -304,9 +304,9 @@ def _plot_realized(seq_domains: np.ndarray, schedule, cfg: DemoConfig, path: Pat
 
 def _train(cfg: DemoConfig, manifest_path: Path, schedule_path: Path, out: Path) -> dict:
     from motif_data.train import plot_losses, train
-    from motif_data.train.config import config_from_dict
+    from motif_data.train.config import TrainConfig
 
-    train_cfg = config_from_dict(
+    train_cfg = TrainConfig.from_dict(
         {
             "model": {"preset": "tiny"},
             "train": {

@@ -23,9 +23,9 @@ def register(subparsers) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from motif_data.pipeline import build, describe_plan, load_config
+    from motif_data.pipeline import BuildConfig, build, describe_plan
 
-    config = load_config(args.config)
+    config = BuildConfig.load(args.config)
     if args.dry_run:
         print(describe_plan(config, args.out))
         return 0

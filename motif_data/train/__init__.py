@@ -1,7 +1,7 @@
 """A compact training loop for a Motif-architecture model fed by the mixture loader (``motif-data train``).
 
-    from motif_data.train import load_config, train
-    summary = train(load_config("configs/tiny.toml"), "runs/tiny", "build/manifest.json")
+    from motif_data.train import TrainConfig, train
+    summary = train(TrainConfig.load("configs/tiny.toml"), "runs/tiny", "build/manifest.json")
 
 Names are imported on first use so that ``motif-data --help`` does not pay for torch.
 """
@@ -14,7 +14,6 @@ __all__ = [
     "ModelConfig",
     "TrainConfig",
     "MODEL_PRESETS",
-    "load_config",
     "Motif",
     "flops_per_token",
     "train",
@@ -26,7 +25,6 @@ _WHERE = {
     "ModelConfig": "config",
     "TrainConfig": "config",
     "MODEL_PRESETS": "config",
-    "load_config": "config",
     "Motif": "model",
     "flops_per_token": "model",
     "train": "loop",

@@ -63,20 +63,20 @@ def resolve_corpus(corpus: str | None, out: Path) -> Path:
         return manifest
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("under torchrun, build the corpus first and set train.corpus to its manifest.json")
-    from motif_data.pipeline import build, load_config
+    from motif_data.pipeline import BuildConfig, build
 
     print(f"train: building the corpus of {pipeline_config} into {target}", flush=True)
-    build(load_config(pipeline_config), out=target)
+    build(BuildConfig.load(pipeline_config), out=target)
     return manifest
 
 
 def run(args: argparse.Namespace) -> int:
     from motif_data.train.checkpoint import finished_summary
-    from motif_data.train.config import load_config
+    from motif_data.train.config import TrainConfig
     from motif_data.train.loop import refuse_existing_run, train
     from motif_data.train.plot import plot_losses
 
-    cfg = load_config(args.config)
+    cfg = TrainConfig.load(args.config)
     given = (
         ("corpus", args.corpus),
         ("steps", args.steps),

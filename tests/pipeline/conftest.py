@@ -14,7 +14,7 @@ def sample_slices(corpus, tmp_path_factory) -> dict:
 @pytest.fixture(scope="session")
 def reference_build(sample_slices, o200k_path, tmp_path_factory):
     """An uninterrupted local build of the slices: ``(output dir, manifest)``."""
-    from motif_data.pipeline import build, parse_config
+    from motif_data.pipeline import BuildConfig, build
 
     out = tmp_path_factory.mktemp("reference") / "out"
-    return out, build(parse_config(slice_config(sample_slices, out, o200k_path)))
+    return out, build(BuildConfig.from_dict(slice_config(sample_slices, out, o200k_path)))

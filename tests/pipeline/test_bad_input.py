@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import zstandard
 from realtext import read_jsonl_zst, write_jsonl_zst
 
-from motif_data.pipeline import build, parse_config
+from motif_data.pipeline import BuildConfig, build
 
 
 def _zst_blocks(lines: list[bytes]) -> bytes:
@@ -76,7 +76,7 @@ def test_malformed_records_and_files_are_counted_per_reason(corpus, o200k_path, 
             },
         ],
     }
-    manifest = build(parse_config(cfg))
+    manifest = build(BuildConfig.from_dict(cfg))
     stats = json.loads((tmp_path / "out/stats.json").read_text())["sources"]
 
     mixed_row = stats["mixed"]["academic"]

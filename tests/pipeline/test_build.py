@@ -11,7 +11,7 @@ import yaml
 from pipeline_helpers import slice_config, snapshot
 
 from motif_data import DOMAINS, cli
-from motif_data.pipeline import build, parse_config
+from motif_data.pipeline import BuildConfig, build
 from motif_data.shards import Manifest
 
 
@@ -102,7 +102,7 @@ def test_cli_build_with_out_is_byte_identical_and_never_overwrites_without_force
 
 
 def test_foreign_or_other_config_directories_are_refused_before_any_work(sample_slices, o200k_path, tmp_path):
-    config = parse_config(slice_config(sample_slices, tmp_path / "unused", o200k_path))
+    config = BuildConfig.from_dict(slice_config(sample_slices, tmp_path / "unused", o200k_path))
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("not a build")

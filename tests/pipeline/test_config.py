@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from motif_data import DOMAINS
-from motif_data.pipeline import describe_plan, load_config, parse_config
+from motif_data.pipeline import BuildConfig, describe_plan
 from motif_data.pipeline.build import make_executors, slurm_jobs, stages
 
 try:
@@ -27,7 +27,7 @@ def _targets(config) -> set[str]:
 
 
 def test_shared_sample_config_reads_every_shared_sample_into_its_domain(shared_data):
-    config = load_config(CONFIGS / "shared-sample.toml")
+    config = BuildConfig.load(CONFIGS / "shared-sample.toml")
     files = sorted(
         p.relative_to(shared_data) for p in shared_data.rglob("*") if p.is_file() and p.suffix != ".md"
     )
@@ -48,7 +48,7 @@ def test_shared_sample_config_reads_every_shared_sample_into_its_domain(shared_d
 def test_motif_config_names_hub_sources_for_all_domains(o200k_path):
     data = tomllib.loads((CONFIGS / "motif-2.6b.toml").read_text())
     data["tokenizer"]["path"] = str(o200k_path)  # the trained tokenizer does not exist on this machine
-    config = parse_config(data, base=CONFIGS)
+    config = BuildConfig.from_dict(data, base=CONFIGS)
     assert _targets(config) == set(DOMAINS)
     assert config.executor.kind == "slurm" and config.executor.tasks == 4096
     hub = [p for s in config.sources for p in s.paths] + [
@@ -72,7 +72,7 @@ def test_the_slurm_finalize_job_gets_the_stages_sbatch_settings(o200k_path, tmp_
     data["tokenizer"]["path"] = str(o200k_path)
     data["executor"] |= {"qos": "high", "venv_path": "/opt/motif/bin/activate", "cpus_per_task": 2,
                          "mem_per_cpu_gb": 3.5, "sbatch_args": {"account": "motif-data"}}  # fmt: skip
-    config = parse_config(data, base=CONFIGS)
+    config = BuildConfig.from_dict(data, base=CONFIGS)
     jobs = slurm_jobs(config, tmp_path, stages(config, tmp_path))
     finalize, stage = jobs[-1], jobs[0]
     assert finalize.job_name == "motif-finalize" and finalize.tasks == 1 and finalize.depends is jobs[-2]
@@ -110,14 +110,14 @@ def test_bad_config_fails_fast_with_every_problem_listed(tmp_path):
         ],
     }
     with pytest.raises(ValueError) as e:
-        parse_config(bad)
+        BuildConfig.from_dict(bad)
     msg = str(e.value)
     for needle in (
         "unknown keys ['colour']",
-        "unknown executor 'spark'",
-        "executor.tasks",
-        "unknown format 'csv'",
-        "unknown domain 'news'",
+        "executor.kind: expected one of ['local', 'ray', 'slurm'], got 'spark'",
+        "executor.tasks: expected an integer ≥ 1, got 0",
+        "sources[0].format: expected one of ['dclm', 'fineweb2', 'hf', 'jsonl', 'parquet', 'text'], got 'csv'",
+        "sources[1].domain: expected one of",
         "no file matches",
         "invalid regex",
         "set either 'domain' (fixed) or 'route'",
@@ -130,12 +130,12 @@ def test_yaml_and_toml_give_the_same_config(tmp_path, corpus):
     toml = f'output = "out"\n[[sources]]\nname = "w"\nformat = "dclm"\npaths = ["{path}"]\ndomain = "web"\n'
     (tmp_path / "c.toml").write_text(toml)
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(tomllib.loads(toml)))
-    a, b = load_config(tmp_path / "c.toml"), load_config(tmp_path / "c.yaml")
+    a, b = BuildConfig.load(tmp_path / "c.toml"), BuildConfig.load(tmp_path / "c.yaml")
     assert a.fingerprint() == b.fingerprint() and a.output == b.output == str(tmp_path / "out")
 
 
 def test_dry_run_plan_lists_sources_domains_and_file_counts(shared_data):
-    plan = describe_plan(load_config(CONFIGS / "shared-sample.toml"), "/tmp/plan-only")
+    plan = describe_plan(BuildConfig.load(CONFIGS / "shared-sample.toml"), "/tmp/plan-only")
     assert "/tmp/plan-only" in plan
     assert "kowiki" in plan and "korean" in plan and "minhash-buckets" in plan
     assert not Path("/tmp/plan-only").exists()

@@ -9,7 +9,7 @@ import re
 import orjson
 from realtext import read_jsonl_zst, write_jsonl_zst
 
-from motif_data.pipeline import build, parse_config
+from motif_data.pipeline import BuildConfig, build
 
 _WORD = re.compile(r"\w+")
 
@@ -82,7 +82,7 @@ def test_dedup_precision_and_recall_on_injected_duplicates(corpus, o200k_path, t
             {"name": "s", "format": "jsonl", "paths": [write("s", specialized)], "domain": "specialized"},
         ],
     }
-    manifest = build(parse_config(cfg))
+    manifest = build(BuildConfig.from_dict(cfg))
     from motif_data.tokenizer import load_base
 
     enc = load_base(o200k_path)

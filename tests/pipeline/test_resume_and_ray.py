@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from pipeline_helpers import slice_config, snapshot
 
-from motif_data.pipeline import build, parse_config
+from motif_data.pipeline import BuildConfig, build
 
-_RUN = "import json, sys; from motif_data.pipeline import build, parse_config; build(parse_config(json.load(open(sys.argv[1]))))"
+_RUN = "import json, sys; from motif_data.pipeline import BuildConfig, build; build(BuildConfig.from_dict(json.load(open(sys.argv[1]))))"
 
 
 def _kill_when(cfg_path: Path, trigger: Path, timeout: float = 60.0) -> None:
@@ -55,14 +55,14 @@ def test_build_killed_and_restarted_is_byte_identical(
     cfg_path.write_text(json.dumps(cfg))
     _kill_when(cfg_path, out / trigger)
     assert not (out / "manifest.json").exists()
-    build(parse_config(cfg))  # the same config and output directory: resumes
+    build(BuildConfig.from_dict(cfg))  # the same config and output directory: resumes
     assert snapshot(out) == snapshot(reference_build[0])
 
 
 _RAY = (
-    "import json, sys, ray; from motif_data.pipeline import build, parse_config; "
+    "import json, sys, ray; from motif_data.pipeline import BuildConfig, build; "
     "ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False); "
-    "build(parse_config(json.load(open(sys.argv[1])))); ray.shutdown()"
+    "build(BuildConfig.from_dict(json.load(open(sys.argv[1])))); ray.shutdown()"
 )
 
 

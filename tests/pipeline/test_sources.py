@@ -6,7 +6,7 @@ import json
 
 import pyarrow.parquet as pq
 
-from motif_data.pipeline import build, parse_config
+from motif_data.pipeline import BuildConfig, build
 
 
 def test_hf_text_and_url_sources_build_with_every_record_accounted(sample_slices, o200k, tmp_path):
@@ -41,7 +41,7 @@ def test_hf_text_and_url_sources_build_with_every_record_accounted(sample_slices
             {"name": "url", "format": "jsonl", "paths": [f"file://{kowiki}"], "domain": "specialized"},
         ],
     }
-    manifest = build(parse_config(cfg))
+    manifest = build(BuildConfig.from_dict(cfg))
     assert manifest.tokenizer.sha256 == fingerprint(o200k)
     stats = json.loads((tmp_path / "out/stats.json").read_text())["sources"]
     assert stats["hf-parquet"]["korean"]["read"] == pq.read_metadata(parquet).num_rows == len(parquet_texts)
@@ -88,7 +88,7 @@ def test_quality_filters_drop_with_reasons_and_language_id_without_model_is_skip
             {"name": "dclm", "format": "dclm", "paths": [str(dclm)], "domain": "web", "filters": filters}
         ],
     }
-    manifest = build(parse_config(cfg))
+    manifest = build(BuildConfig.from_dict(cfg))
     stats = json.loads((tmp_path / "out/stats.json").read_text())
     assert any("language id skipped" in n for n in stats["notes"])
     row = stats["sources"]["dclm"]["web"]

@@ -19,13 +19,13 @@ format = "jsonl"
 paths = ["docs.jsonl"]
 domain = "web"
 """
-UNGUARDED = """from motif_data.pipeline import load_config, build
-manifest = build(load_config("build.toml"), out="out")
+UNGUARDED = """from motif_data.pipeline import BuildConfig, build
+manifest = build(BuildConfig.load("build.toml"), out="out")
 """
-GUARDED = """from motif_data.pipeline import load_config, build
+GUARDED = """from motif_data.pipeline import BuildConfig, build
 
 if __name__ == "__main__":
-    manifest = build(load_config("build.toml"), out="out")
+    manifest = build(BuildConfig.load("build.toml"), out="out")
     print("documents", sum(d.documents for d in manifest.domains.values()))
 """
 

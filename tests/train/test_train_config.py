@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from motif_data.train.config import MODEL_PRESETS, load_config
+from motif_data.train.config import MODEL_PRESETS, TrainConfig
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 @pytest.mark.parametrize("name", ["tiny", "small"])
 def test_shipped_configs_load_their_preset(name):
-    cfg = load_config(CONFIGS / f"{name}.toml")
+    cfg = TrainConfig.load(CONFIGS / f"{name}.toml")
     assert cfg.preset == name and cfg.model == MODEL_PRESETS[name]
     assert cfg.schedule == "motif-2.6b"
 
@@ -21,7 +21,7 @@ def test_shipped_configs_load_their_preset(name):
 def test_model_overrides_apply_on_top_of_the_preset(tmp_path):
     path = tmp_path / "run.toml"
     path.write_text('[model]\npreset = "small"\nn_layers = 4\n[train]\nsteps = 20\nseq_len = 128\n')
-    cfg = load_config(path)
+    cfg = TrainConfig.load(path)
     assert cfg.model.n_layers == 4 and cfg.model.d_model == MODEL_PRESETS["small"].d_model
     assert cfg.steps == 20 and cfg.seq_len == 128
 
@@ -30,14 +30,14 @@ def test_bad_config_lists_every_problem_at_once(tmp_path):
     path = tmp_path / "bad.toml"
     path.write_text('[model]\npreset = "tiny"\nn_heads = 3\nd_model = 0\n')
     with pytest.raises(ValueError) as e:
-        load_config(path)
-    assert "n_heads must be even" in str(e.value) and "model.d_model" in str(e.value)
+        TrainConfig.load(path)
+    assert "model.n_heads: must be even" in str(e.value) and "model.d_model" in str(e.value)
     path.write_text(
         '[model]\npreset = "tiny"\n[train]\nsteps = 0\nlr = -1.0\ndtype = "fp8"\nloss_backend = "fast"\n'
     )
     with pytest.raises(ValueError) as e:
-        load_config(path)
-    for fragment in ("train.steps", "train.lr", "train.dtype", "train.loss_backend must be 'auto' or one of"):
+        TrainConfig.load(path)
+    for fragment in ("train.steps", "train.lr", "train.dtype", "train.loss_backend: expected one of ['auto', "):
         assert fragment in str(e.value)
 
 
@@ -45,26 +45,26 @@ def test_unknown_keys_are_named(tmp_path):
     path = tmp_path / "bad.toml"
     path.write_text('[model]\npreset = "tiny"\n[train]\nbatch = 3\n[optim]\nlr = 1\n')
     with pytest.raises(ValueError) as e:
-        load_config(path)
-    assert "unknown [train] keys ['batch']" in str(e.value) and "unknown sections ['optim']" in str(e.value)
+        TrainConfig.load(path)
+    assert "train: unknown keys ['batch']" in str(e.value) and "unknown sections ['optim']" in str(e.value)
 
 
 def test_unknown_preset_and_missing_file_say_what_to_do(tmp_path):
     path = tmp_path / "x.toml"
     path.write_text('[model]\npreset = "huge"\n')
     with pytest.raises(ValueError, match="tiny"):
-        load_config(path)
+        TrainConfig.load(path)
     with pytest.raises(FileNotFoundError, match="configs/tiny.toml"):
-        load_config(tmp_path / "missing.toml")
+        TrainConfig.load(tmp_path / "missing.toml")
 
 
 def test_sequences_longer_than_the_rope_tables_fail_at_load(tmp_path):
     path = tmp_path / "long.toml"
     path.write_text('[model]\npreset = "tiny"\nmax_seq_len = 512\n[train]\nseq_len = 1024\n')
-    with pytest.raises(ValueError, match="seq_len 1024 exceeds model.max_seq_len 512"):
-        load_config(path)
+    with pytest.raises(ValueError, match="train.seq_len: 1024 exceeds model.max_seq_len 512"):
+        TrainConfig.load(path)
     path.write_text('[model]\npreset = "tiny"\nmax_seq_len = 1024\n[train]\nseq_len = 1024\n')
-    assert load_config(path).model.max_seq_len == 1024
+    assert TrainConfig.load(path).model.max_seq_len == 1024
 
 
 def test_relative_paths_are_relative_to_the_config_file_wherever_it_is_run(tmp_path, monkeypatch):
@@ -80,6 +80,6 @@ def test_relative_paths_are_relative_to_the_config_file_wherever_it_is_run(tmp_p
     (elsewhere / "build" / "manifest.json").write_text("{}")
     (elsewhere / "mix.toml").write_text("")
     monkeypatch.chdir(elsewhere)
-    cfg = load_config(path)
+    cfg = TrainConfig.load(path)
     assert cfg.corpus == str(tmp_path / "runs" / "build" / "manifest.json")
     assert cfg.schedule == str(tmp_path / "runs" / "mix.toml")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import re
 import shutil
 import sys
 import time
@@ -229,6 +230,37 @@ def describe_plan(config: BuildConfig, out: Path | None = None) -> str:
     return "\n".join(lines)
 
 
+#: what a build writes at the top of its output folder; --force removes these and nothing else
+_OURS = ("manifest.json", "stats.json")
+_SHARD = re.compile(r"^\d{5}-\d{5}\.(bin|idx)$")
+
+
+def _ours_to_remove(out: Path) -> list[Path]:
+    """What ``--force`` may remove from ``out``: the files and folders a build of ours wrote there, recognised
+    by its manifest or its work folder's plan. Anything else inside, even in a domain folder, is refused so
+    that a mistyped ``--out`` never deletes a user's files."""
+    if not out.is_dir() or not any(out.iterdir()):
+        return []
+    if not ((out / "manifest.json").is_file() or (out / WORK_DIR / "plan.json").is_file()):
+        raise FileExistsError(
+            f"{out} holds files no build wrote (no manifest.json or {WORK_DIR}/plan.json), so --force does not "
+            "empty it: choose another --out"
+        )
+    remove = [out / name for name in (*_OURS, WORK_DIR) if (out / name).exists()]
+    for domain in DOMAINS:
+        folder = out / domain
+        if not folder.exists():
+            continue
+        foreign = [p for p in folder.iterdir() if not (p.is_file() and _SHARD.match(p.name))]
+        if foreign:
+            raise FileExistsError(
+                f"{folder} holds {foreign[0].name}, which no build wrote, so --force stops without removing "
+                "anything: move it away or choose another --out"
+            )
+        remove.append(folder)
+    return remove
+
+
 def _prepare(config: BuildConfig, out: Path, force: bool) -> None:
     work = out / WORK_DIR
     plan_file = work / "plan.json"
@@ -245,10 +277,8 @@ def _prepare(config: BuildConfig, out: Path, force: bool) -> None:
                 f"{out} holds an unfinished build of a different config: pass --force to discard it"
             )
     if force:
-        for name in ("manifest.json", "stats.json"):
-            (out / name).unlink(missing_ok=True)
-        for name in (*DOMAINS, WORK_DIR):
-            shutil.rmtree(out / name, ignore_errors=True)
+        for path in _ours_to_remove(out):  # all checked before the first is removed
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
     plan = {"fingerprint": config.fingerprint(), "config": dataclasses.asdict(config)}
     atomic_write_text(plan_file, json.dumps(plan, indent=1, sort_keys=True))
 
@@ -304,6 +334,17 @@ def refuse_unguarded_main() -> None:
         frame = frame.f_back
 
 
+def _check_tokenizer(config: BuildConfig) -> None:
+    """Load the tokenizer as the tokenize stage will, before the first stage: a missing file or an altered
+    o200k rank file fails now, not after ingest and dedup."""
+    from motif_data.pipeline.tokenize import load_tokenizer
+
+    try:
+        load_tokenizer(config.tokenizer)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"tokenizer.path: {e}") from e
+
+
 def build(
     config: BuildConfig, out: str | Path | None = None, force: bool = False, log: Log = _stderr
 ) -> Manifest | None:
@@ -312,6 +353,7 @@ def build(
         refuse_unguarded_main()
     out = Path(out or config.output).absolute()
     config = config.with_output(out)
+    _check_tokenizer(config)
     _prepare(config, out, force)
     plan = stages(config, out)
     if config.executor.kind == "slurm":

@@ -1,5 +1,6 @@
 """Fused kernels for Motif-style models in plain Triton (CUDA and ROCm): PolyNorm and PolyNorm ⊙ gate,
-differential attention, fused linear cross-entropy. Each op has a pure-PyTorch reference used off-GPU.
+differential attention, fused linear cross-entropy. Each op has a pure-PyTorch reference used off-GPU, beside
+it in its module (``polynorm.reference_poly_norm``, …): reachable for tests and comparisons, not public API.
 
 The names below load on first use (PEP 562): importing `motif_data.kernels.cli` or `.targets` — as the
 `motif-data` command does to build its parser — must not pay for importing torch and Triton."""
@@ -14,15 +15,11 @@ _HOME = {
     "poly_norm_mul": "polynorm",
     "PolyNorm": "polynorm",
     "PolyNormGatedMLP": "polynorm",
-    "reference_poly_norm": "polynorm",
-    "reference_poly_norm_mul": "polynorm",
     "diff_attention": "diff_attn",
     "DifferentialAttention": "diff_attn",
     "lambda_init": "diff_attn",
-    "reference_diff_attention": "diff_attn",
     "linear_cross_entropy": "linear_ce",
     "LinearCrossEntropy": "linear_ce",
-    "reference_linear_cross_entropy": "linear_ce",
 }
 __all__ = list(_HOME)
 

@@ -18,12 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from motif_data.kernels import (
-    DifferentialAttention,
-    PolyNormGatedMLP,
-    linear_cross_entropy,
-    reference_linear_cross_entropy,
-)
+from motif_data.kernels import DifferentialAttention, PolyNormGatedMLP, linear_cross_entropy
+from motif_data.kernels.linear_ce import reference_linear_cross_entropy
 from motif_data.train.config import ModelConfig
 
 __all__ = ["Motif", "count_parameters", "flops_per_token"]

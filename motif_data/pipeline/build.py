@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from motif_data import DOMAINS
-from motif_data.atomic import atomic_write_text
+from motif_data.atomic import OutputError, atomic_write_text
 from motif_data.pipeline.config import BuildConfig, expand_paths
 from motif_data.pipeline.layout import LOGS_DIR, SPILL_DIR, WORK_DIR
 from motif_data.shards import Manifest
@@ -63,7 +63,7 @@ def stages(config: BuildConfig, out: Path) -> list[BuildStage]:
     from motif_data.pipeline.readers import SourceReader
     from motif_data.pipeline.router import DomainRouter
     from motif_data.pipeline.tokenize import TokenizeStep
-    from motif_data.pipeline.write import ShardWriteStep
+    from motif_data.pipeline.write import ShardWriteStep, SpillWriter
 
     work = out / WORK_DIR
     n = config.executor.tasks
@@ -73,7 +73,7 @@ def stages(config: BuildConfig, out: Path) -> list[BuildStage]:
     ingest += [
         DomainRouter(config.sources),
         SourceFilters(config.sources),
-        JsonlWriter(str(work / SPILL_DIR), output_filename="${rank}.jsonl", compression=None),
+        SpillWriter(str(work / SPILL_DIR), output_filename="${rank}.jsonl", compression=None),
     ]
     if exact:
         ingest.append(ExactDedupSignature(str(work / "exact/sigs"), config=ecfg))
@@ -370,7 +370,11 @@ def build(
     for i, (stage, executor) in enumerate(zip(plan, executors, strict=True)):
         log(f"[{i + 1}/{len(plan)}] {stage.name}: {stage.tasks} task(s) …")
         start = time.perf_counter()
-        _run_stage(executor, config.executor.kind, log)
+        try:
+            _run_stage(executor, config.executor.kind, log)
+        except OutputError as e:  # the step named the file; only the build knows the stage
+            e.stage = stage.name
+            raise
         missing = executor.get_incomplete_ranks(skip_completed=True)
         if missing:
             raise RuntimeError(

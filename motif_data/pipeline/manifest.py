@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from motif_data import DOMAINS
-from motif_data.atomic import atomic_write_text
+from motif_data.atomic import atomic_write_text, naming_output
 from motif_data.pipeline.accounting import check_invariant, collect, ledger, summary_table
 from motif_data.pipeline.config import BuildConfig
 from motif_data.pipeline.filters import language_id_available
@@ -22,6 +22,8 @@ from motif_data.shards import DomainInfo, Manifest, ShardInfo, TokenizerInfo
 from motif_data.tokenizer import fingerprint
 
 __all__ = ["finalize"]
+
+_STEP = "manifest"  # the step an OutputError names when stats.json or manifest.json cannot be written
 
 
 def finalize(config: BuildConfig, out: Path, log: Callable[[str], None]) -> Manifest:
@@ -58,11 +60,13 @@ def finalize(config: BuildConfig, out: Path, log: Callable[[str], None]) -> Mani
     }
     if notes:
         stats["notes"] = notes
-    atomic_write_text(out / "stats.json", json.dumps(stats, indent=1, ensure_ascii=False) + "\n")
+    with naming_output(out / "stats.json", _STEP):
+        atomic_write_text(out / "stats.json", json.dumps(stats, indent=1, ensure_ascii=False) + "\n")
     for name in INTERMEDIATE:
         shutil.rmtree(work / name, ignore_errors=True)
     manifest = Manifest(tok, domains, root=out)
-    manifest.save(out / "manifest.json")
+    with naming_output(out / "manifest.json", _STEP):
+        manifest.save(out / "manifest.json")
     log(summary_table(table, DOMAINS))
     for note in notes:
         log(f"note: {note}")

@@ -1,7 +1,7 @@
 """Source readers: datatrove steps that turn the files of one configured source into ``Document``s.
 
 Unlike datatrove's own readers they never drop a record silently: a record that cannot become a usable
-document (malformed JSON, missing text, invalid UTF-8, empty or too large text, a truncated or empty file)
+document (malformed JSON, missing text, invalid UTF-8, empty or too large text, a truncated, corrupt or empty file)
 is still yielded, with empty text and its reason in ``metadata["_error"]``, so that the router can count it
 against its source and domain.
 """
@@ -18,7 +18,7 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.readers import JsonlReader
 
 from motif_data.pipeline.config import SourceConfig, expand_paths, is_url
-from motif_data.textio import TruncatedFile, iter_chunks, iter_lines, open_binary
+from motif_data.textio import CorruptStream, TruncatedFile, iter_chunks, iter_lines, open_binary
 
 __all__ = [
     "SourceReader",
@@ -27,6 +27,7 @@ __all__ = [
     "read_records",
     "ERROR_KEY",
     "SOURCE_KEY",
+    "CorruptStream",
     "TruncatedFile",
 ]
 
@@ -125,6 +126,13 @@ def read_records(source: SourceConfig, path: str) -> Iterator[tuple[dict | None,
             yield item
     except TruncatedFile:
         yield None, "truncated_file"
+        return
+    except CorruptStream as e:
+        # The stats count reasons, not files: the log says which file broke and at which byte.
+        from datatrove.utils.logging import logger
+
+        logger.warning(f"{e} ({n:,} records before it kept; the rest counts as one unreadable_tail)")
+        yield None, "unreadable_tail"
         return
     except (OSError, ValueError, EOFError, zstandard.ZstdError) as e:
         # pyarrow raises ArrowInvalid (a ValueError) for a corrupt parquet file, zstandard a ZstdError.

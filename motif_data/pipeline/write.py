@@ -2,7 +2,8 @@
 
 Shards are written by :class:`motif_data.shards.ShardWriter` (the one shard format), named
 ``{domain}/{rank:05d}-{n:05d}.bin``, so a task that is run again rewrites exactly the same files. When a task
-ends it leaves ``results/{rank:05d}.json`` (atomically) listing its shards for the manifest.
+ends it leaves ``results/{rank:05d}.json`` (atomically) listing its shards for the manifest. An OSError while
+writing (a full disk) names the file or shard folder and the step (``motif_data.atomic.OutputError``).
 """
 
 from __future__ import annotations
@@ -10,17 +11,18 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
-from datatrove.data import DocumentsPipeline
+from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
+from datatrove.pipeline.writers import JsonlWriter
 
-from motif_data.atomic import atomic_write_text
+from motif_data.atomic import atomic_write_text, naming_output, output_error
 from motif_data.pipeline.accounting import key
 from motif_data.pipeline.config import BuildConfig
 from motif_data.pipeline.layout import RESULTS_DIR
 from motif_data.pipeline.tokenize import TOKENS_KEY
 from motif_data.shards import ShardWriter
 
-__all__ = ["ShardWriteStep", "FinalizeStep"]
+__all__ = ["ShardWriteStep", "SpillWriter", "FinalizeStep"]
 
 
 class ShardWriteStep(PipelineStep):
@@ -42,12 +44,39 @@ class ShardWriteStep(PipelineStep):
                     writers[domain] = ShardWriter(
                         f"{self.output_dir}/{domain}", f"{rank:05d}", self.max_tokens
                     )
-                writers[domain].write(tokens)
+                try:
+                    writers[domain].write(tokens)
+                except OSError as e:  # ShardWriter's errors name no file (a write) or its temp file (an open)
+                    raise output_error(e, f"{self.output_dir}/{domain}", self.name) from e
                 self.stat_update(key("kept", doc.metadata["source"], domain))
                 self.stat_update(key("tokens", doc.metadata["source"], domain), value=len(tokens))
             yield doc
-        shards = {d: [asdict(s) for s in w.close()] for d, w in sorted(writers.items())}
-        atomic_write_text(f"{self.work_dir}/{RESULTS_DIR}/{rank:05d}.json", json.dumps(shards, indent=1))
+        shards = {}
+        for domain, writer in sorted(writers.items()):
+            with naming_output(f"{self.output_dir}/{domain}", self.name):
+                shards[domain] = [asdict(s) for s in writer.close()]
+        results = f"{self.work_dir}/{RESULTS_DIR}/{rank:05d}.json"
+        with naming_output(results, self.name):
+            atomic_write_text(results, json.dumps(shards, indent=1))
+
+
+class SpillWriter(JsonlWriter):
+    """datatrove's JSON Lines writer for the spill files between stages; an OSError while writing (a full
+    disk) names the spill file and this step, where datatrove's own writer names neither."""
+
+    name = "motif spill writer"
+
+    def write(self, document: Document, rank: int = 0, **kwargs) -> None:
+        try:
+            super().write(document, rank, **kwargs)
+        except OSError as e:
+            name = self._get_output_filename(document, rank, **kwargs)
+            raise output_error(e, f"{self.output_folder.path}/{name}", self.name) from e
+
+    def close(self) -> None:
+        # buffered lines reach the disk here; the open files are this task's, in this folder
+        with naming_output(self.output_folder.path, self.name):
+            super().close()
 
 
 class FinalizeStep(PipelineStep):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 
 import pytest
@@ -188,8 +189,8 @@ def test_two_ranks_under_torchrun_train_like_one_process(tmp_path, synthetic_man
         "from motif_data.train.config import ModelConfig, TrainConfig\n"
         "from motif_data.train.loop import train\n"
         "cfg = TrainConfig(model=ModelConfig(2, 32, 4, 8, 96), seq_len=32, micro_batch=2, grad_accum=2,\n"
-        "                  steps=3, lr=1e-2, warmup_steps=1, log_every=100)\n"
-        "train(cfg, sys.argv[1], sys.argv[2])\n"
+        "                  steps=3, lr=1e-2, warmup_steps=1, log_every=100, ckpt_every=1, keep_checkpoints=5)\n"
+        "train(cfg, sys.argv[1], sys.argv[2], resume=sys.argv[3:] == ['resume'])\n"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [
@@ -215,6 +216,24 @@ def test_two_ranks_under_torchrun_train_like_one_process(tmp_path, synthetic_man
         # Adam divides by √v: where a gradient is tiny, summation-order rounding moves the update by a few
         # 1e-5 — under 1 % of one step's size (lr 1e-2).
         torch.testing.assert_close(pa[name], pb[name], rtol=1e-4, atol=1e-4)
+
+    # Killed after its step-1 checkpoint, the two-rank run resumed under torchrun ends bitwise as it did.
+    shutil.copytree(tmp_path / "ddp", tmp_path / "killed")
+    for later in ("step-0000002.pt", "step-0000003.pt"):
+        (tmp_path / "killed" / "checkpoints" / later).unlink()
+    (tmp_path / "killed" / "summary.json").unlink()
+    lines = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "killed" / "metrics.jsonl").write_text("".join(lines[:2]))  # one line past the checkpoint
+    resumed = run_bounded(
+        [*command, str(tmp_path / "killed"), str(synthetic_manifest), "resume"], timeout=120, env=env
+    )
+    assert resumed.returncode == 0
+    same = ("step", "loss", "domain_loss", "lr", "grad_norm", "tokens")  # all but the timings
+    assert [{k: r[k] for k in same} for r in metrics(tmp_path / "killed")] == [
+        {k: r[k] for k in same} for r in metrics(tmp_path / "ddp")
+    ]
+    pk, pd = final_parameters(tmp_path / "killed"), final_parameters(tmp_path / "ddp")
+    assert pk.keys() == pd.keys() and all(torch.equal(pk[n], pd[n]) for n in pk)
 
 
 def test_resume_with_a_refitted_schedule_is_refused_with_a_hint(tmp_path, synthetic_manifest):

@@ -109,7 +109,7 @@ def test_train_tiny_builds_the_corpus_trains_plots_and_resumes(small_build_confi
 def test_bad_config_fails_before_any_work(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('[model]\npreset = "tiny"\n[train]\nlr = 0\n')
-    with pytest.raises(ValueError, match="train.lr must be > 0"):
+    with pytest.raises(ValueError, match="train.lr: expected a number > 0, got 0.0"):
         main(["train", str(bad), "--out", str(tmp_path / "run")])
     assert not (tmp_path / "run").exists()
 

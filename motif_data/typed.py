@@ -146,7 +146,9 @@ def _build(cls, table, where, problems, base, fixed):
         if nested is not None and value is not None:
             inner, many = nested
             if many and not isinstance(value, list):
-                problems.append((_join(where, f.name), f"expected a list of tables ([[{f.name}]]), got {value!r}"))
+                problems.append(
+                    (_join(where, f.name), f"expected a list of tables ([[{f.name}]]), got {value!r}")
+                )
                 kwargs[f.name], failed = None, True
                 continue
             items = [(f"{f.name}[{i}]", v) for i, v in enumerate(value)] if many else [(f.name, value)]
@@ -228,7 +230,12 @@ def _describe(tp) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-_BOUNDS = {"ge": (operator.ge, "≥"), "gt": (operator.gt, ">"), "le": (operator.le, "≤"), "lt": (operator.lt, "<")}
+_BOUNDS = {
+    "ge": (operator.ge, "≥"),
+    "gt": (operator.gt, ">"),
+    "le": (operator.le, "≤"),
+    "lt": (operator.lt, "<"),
+}
 
 
 def _range(meta: Mapping) -> str:
@@ -246,7 +253,11 @@ def _check(value, tp, meta: Mapping) -> tuple[Any, str | None, bool]:
         bad = [v for v in (value if isinstance(value, tuple) else (value,)) if v not in choices]
         if bad:
             got = repr(bad[0]) if not isinstance(value, tuple) else f"{bad}"
-            return value, f"expected {'each to be ' if isinstance(value, tuple) else ''}one of {list(choices)}, got {got}", False
+            return (
+                value,
+                f"expected {'each to be ' if isinstance(value, tuple) else ''}one of {list(choices)}, got {got}",
+                False,
+            )
     if value is not None and not isinstance(value, tuple):
         if any(k in meta and not op(value, meta[k]) for k, (op, _) in _BOUNDS.items()):
             return value, f"expected {_describe(_plain(tp))} {_range(meta)}, got {value!r}", False

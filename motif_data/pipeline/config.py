@@ -171,7 +171,7 @@ class ExecutorConfig(Config):
 
     def rules(self):
         if not re.fullmatch(r"(\d+:){0,2}\d+", self.time):
-            yield "time", f"expected [[HH:]MM:]SS such as \"24:00:00\", got {self.time!r}"
+            yield "time", f'expected [[HH:]MM:]SS such as "24:00:00", got {self.time!r}'
         if self.kind == "slurm" and not self.partition:
             yield "partition", "a slurm executor needs partition = the Slurm partition to submit to"
 
@@ -181,7 +181,7 @@ class ExecutorConfig(Config):
         if args is None:
             return
         if not isinstance(args, dict):
-            yield "sbatch_args", f"expected a table ([executor.sbatch_args] account = \"…\"), got {args!r}"
+            yield "sbatch_args", f'expected a table ([executor.sbatch_args] account = "…"), got {args!r}'
         else:
             values["sbatch_args"] = tuple(sorted((str(k), str(v)) for k, v in args.items()))
 
@@ -226,7 +226,9 @@ class BuildConfig(Config):
     def prepare(cls, values: dict, base: Path):
         # the output is checked where it is known for sure: here, and again for an --out given to build()
         if isinstance(values.get("output"), str):
-            problem = output_problem(values["output"] and resolve_path(values["output"], base), values.get("path"))
+            problem = output_problem(
+                values["output"] and resolve_path(values["output"], base), values.get("path")
+            )
             if problem:
                 yield "output", problem
             else:
@@ -279,7 +281,7 @@ def output_problem(output: str, config_path: str | None) -> str | None:
     it must never be a place that holds other things: the root, the home folder, or the config's own folder
     or one above it."""
     if not output:
-        return "empty: name the folder the build writes, e.g. output = \"build/sample\""
+        return 'empty: name the folder the build writes, e.g. output = "build/sample"'
     if is_url(output):
         return None
     out = Path(output).absolute()
@@ -299,9 +301,13 @@ def tokenizer_problem(path: str) -> str | None:
     if not os.path.exists(path):
         return f"{path} does not exist: name a tokenizer directory or o200k_base.tiktoken"
     if os.path.isdir(path):
-        missing = [f for f in ("tokenizer.tiktoken", "specials.json") if not os.path.isfile(os.path.join(path, f))]
+        missing = [
+            f for f in ("tokenizer.tiktoken", "specials.json") if not os.path.isfile(os.path.join(path, f))
+        ]
         if missing:
-            return f"{path} is a folder without {missing}: name a folder written by `motif-data tokenizer train`"
+            return (
+                f"{path} is a folder without {missing}: name a folder written by `motif-data tokenizer train`"
+            )
     return None
 
 

@@ -67,7 +67,6 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
 }
 
 
-
 @dataclass(frozen=True)
 class TrainConfig(Config):
     """One training run. Steps count optimizer updates; a step sees
@@ -119,13 +118,19 @@ class TrainConfig(Config):
 
     def rules(self):
         if self.seq_len > self.model.max_seq_len:
-            yield "seq_len", (
-                f"{self.seq_len} exceeds model.max_seq_len {self.model.max_seq_len}: raise max_seq_len in [model]"
+            yield (
+                "seq_len",
+                (
+                    f"{self.seq_len} exceeds model.max_seq_len {self.model.max_seq_len}: raise max_seq_len in [model]"
+                ),
             )
         if self.warmup_steps + round(self.decay_fraction * self.steps) > self.steps:
-            yield "warmup_steps", (
-                f"{self.warmup_steps} + decay ({self.decay_fraction} × {self.steps} steps) exceed "
-                f"train.steps ({self.steps}): shorten the warm-up or the decay"
+            yield (
+                "warmup_steps",
+                (
+                    f"{self.warmup_steps} + decay ({self.decay_fraction} × {self.steps} steps) exceed "
+                    f"train.steps ({self.steps}): shorten the warm-up or the decay"
+                ),
             )
 
     @property

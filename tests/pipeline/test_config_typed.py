@@ -86,7 +86,10 @@ def test_an_empty_output_or_one_that_holds_the_config_is_refused(corpus, tmp_pat
     for output in ("", ".", "..", "/", str(Path.home())):
         data = _base(corpus, tmp_path) | {"output": output}
         (line,) = [p for p in _problems(data, base=folder, path=cfg) if p.startswith("output:")]
-        assert "empty" in line or "holds the config file" in line or "root or the home" in line, (output, line)
+        assert "empty" in line or "holds the config file" in line or "root or the home" in line, (
+            output,
+            line,
+        )
     config = BuildConfig.from_dict(_base(corpus, tmp_path), base=folder, path=cfg)
     with pytest.raises(ConfigError, match="--out: .* holds the config file"):
         build(config, out=folder)

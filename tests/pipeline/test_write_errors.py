@@ -122,4 +122,6 @@ def test_a_build_that_meets_a_full_disk_names_the_stage_too(tmp_path, corpus, mo
     with pytest.raises(OutputError) as e:
         build(config, log=lambda _: None)
     assert e.value.errno == errno.ENOSPC and e.value.stage == "ingest"
-    assert f"{tmp_path / 'out'}/.build/docs/00000.jsonl (stage ingest, step motif spill writer)" in str(e.value)
+    assert f"{tmp_path / 'out'}/.build/docs/00000.jsonl (stage ingest, step motif spill writer)" in str(
+        e.value
+    )

@@ -37,7 +37,12 @@ def test_bad_config_lists_every_problem_at_once(tmp_path):
     )
     with pytest.raises(ValueError) as e:
         TrainConfig.load(path)
-    for fragment in ("train.steps", "train.lr", "train.dtype", "train.loss_backend: expected one of ['auto', "):
+    for fragment in (
+        "train.steps",
+        "train.lr",
+        "train.dtype",
+        "train.loss_backend: expected one of ['auto', ",
+    ):
         assert fragment in str(e.value)
 
 

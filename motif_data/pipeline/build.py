@@ -55,10 +55,9 @@ def stages(config: BuildConfig, out: Path) -> list[BuildStage]:
     """The datatrove pipelines of a build writing to ``out``, in order."""
     from datatrove.pipeline.dedup import MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter
     from datatrove.pipeline.dedup.exact_dedup import ExactDedupFilter, ExactDedupSignature, ExactFindDedups
-    from datatrove.pipeline.writers import JsonlWriter
 
     from motif_data.pipeline.accounting import Tally
-    from motif_data.pipeline.dedup import DomainMinhashSignature, exact_config, minhash_config
+    from motif_data.pipeline.dedup import exact_config, minhash_config, signature_step
     from motif_data.pipeline.filters import SourceFilters
     from motif_data.pipeline.readers import SourceReader
     from motif_data.pipeline.router import DomainRouter
@@ -86,7 +85,7 @@ def stages(config: BuildConfig, out: Path) -> list[BuildStage]:
             )
         )
     if near:
-        sig = DomainMinhashSignature(str(work / "minhash/sigs"), config=mcfg)
+        sig = signature_step(config.dedup, str(work / "minhash/sigs"))
         result += [
             BuildStage("minhash-signatures", [_spill_reader(work), *drop_exact, sig], n),
             BuildStage(

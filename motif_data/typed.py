@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import operator
 import os
+import re
 import types
 import typing
 from collections.abc import Iterator, Mapping
@@ -179,9 +180,17 @@ def _required(f: dataclasses.Field) -> bool:
     return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 
 
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+def is_url(path: str) -> bool:
+    """Whether ``path`` names a URL (``hf://``, ``s3://``, ``file://`` …) rather than a local path."""
+    return bool(_URL.match(path))
+
+
 def resolve_path(path: str, base: str | os.PathLike) -> str:
     """A config's relative path means the same file wherever the config is run from: its own folder."""
-    if "://" in path or os.path.isabs(path):
+    if is_url(path) or os.path.isabs(path):
         return path
     return os.path.abspath(Path(base) / path)
 

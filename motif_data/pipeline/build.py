@@ -72,7 +72,7 @@ def stages(config: BuildConfig, out: Path) -> list[BuildStage]:
     ingest += [
         DomainRouter(config.sources),
         SourceFilters(config.sources),
-        SpillWriter(str(work / SPILL_DIR), output_filename="${rank}.jsonl", compression=None),
+        SpillWriter(str(work / SPILL_DIR)),
     ]
     if exact:
         ingest.append(ExactDedupSignature(str(work / "exact/sigs"), config=ecfg))

@@ -5,6 +5,8 @@ The step also applies the per-source minimum length in tokens, since that is whe
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import os
 import unicodedata
 from pathlib import Path
@@ -22,16 +24,32 @@ __all__ = ["TOKENS_KEY", "load_tokenizer", "TokenizeStep"]
 TOKENS_KEY = "_tokens"
 
 
+def _check_base(directory: Path) -> None:
+    """Our tokenizers continue o200k, so a directory's rank file starts with o200k_base.tiktoken, line for line:
+    its sha256 over those lines is o200k's published one, as ``load_base`` checks for the file itself."""
+    from motif_data.tokenizer.base import O200K_SHA256
+    from motif_data.tokenizer.export import RANKS_FILE
+    from motif_data.tokenizer.vocab import BASE_RANKS
+
+    ranks = directory / RANKS_FILE
+    if not ranks.is_file():
+        raise FileNotFoundError(f"{ranks} not found: is {directory} a tokenizer directory?")
+    with ranks.open("rb") as f:
+        digest = hashlib.sha256(b"".join(itertools.islice(f, BASE_RANKS))).hexdigest()
+    if digest != O200K_SHA256:
+        raise ValueError(
+            f"{ranks}: its first {BASE_RANKS:,} ranks are not o200k_base's (sha256 {digest[:16]}…, expected "
+            f"{O200K_SHA256[:16]}…); train the tokenizer again with `motif-data tokenizer train`"
+        )
+
+
 def load_tokenizer(path: str | os.PathLike | None) -> tiktoken.Encoding:
-    """A tokenizer directory written by ``motif-data tokenizer``, or o200k_base (a rank file or the default)."""
+    """A tokenizer directory written by ``motif-data tokenizer`` (its o200k part checked), or o200k_base (a rank
+    file or the default)."""
     if path is not None and Path(path).is_dir():
-        try:
-            from motif_data.tokenizer import load
-        except ImportError as e:
-            raise ValueError(
-                f"{path} is a tokenizer directory but motif_data.tokenizer.load is not available ({e}); "
-                "point tokenizer.path to o200k_base.tiktoken instead"
-            ) from e
+        from motif_data.tokenizer import load
+
+        _check_base(Path(path))
         return load(path)
     from motif_data.tokenizer import load_base
 

@@ -13,6 +13,7 @@ import pytest
 
 from motif_data.cli import main
 from motif_data.pipeline import BuildConfig, build
+from motif_data.pipeline.build import _check_tokenizer
 from motif_data.typed import ConfigError
 
 
@@ -139,3 +140,23 @@ def test_an_altered_o200k_file_fails_before_the_first_stage(corpus, tmp_path, o2
     with pytest.raises(ValueError, match="tokenizer.path: .* has sha256"):
         build(config)
     assert not (tmp_path / "out").exists()  # no stage ran, nothing was written
+
+
+def test_a_tokenizer_folder_whose_o200k_part_was_altered_fails_before_the_first_stage(
+    corpus, tmp_path, o200k
+):
+    from motif_data.tokenizer import save
+
+    tok = save(o200k, tmp_path / "tok")
+    config = BuildConfig.from_dict(_base(corpus, tmp_path) | {"tokenizer": str(tok)})
+    _check_tokenizer(config)  # o200k saved as a folder is its own continuation: accepted
+    ranks = tok / "tokenizer.tiktoken"
+    lines = ranks.read_bytes().splitlines(keepends=True)
+    lines[7], lines[8] = (
+        lines[8].replace(b" 8\n", b" 7\n"),
+        lines[7].replace(b" 7\n", b" 8\n"),
+    )  # two ids swapped
+    ranks.write_bytes(b"".join(lines))
+    with pytest.raises(ValueError, match="tokenizer.path: .*first 199,998 ranks are not o200k_base's"):
+        build(config)
+    assert not (tmp_path / "out").exists()

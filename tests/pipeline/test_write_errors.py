@@ -75,7 +75,7 @@ def test_a_full_disk_while_spilling_names_the_spill_file_and_the_step(tmp_path, 
     spill = tmp_path / "docs"
     spill.mkdir()
     (spill / "00000.jsonl").symlink_to("/dev/full")
-    writer = SpillWriter(str(spill), output_filename="${rank}.jsonl", compression=None)
+    writer = SpillWriter(str(spill))
     # 200 large documents overflow datatrove's write buffer; 2 small ones only reach the disk at close
     docs = [Document(text="x" * size, id=str(i), metadata={}) for i in range(200 if size > 1000 else 2)]
     with pytest.raises(OutputError) as e:

@@ -14,6 +14,7 @@ import triton.language as tl
 from torch import nn
 
 from motif_data.kernels._device import launch, precision, tuned, use_triton
+from motif_data.kernels.rmsnorm import RMSNorm
 
 __all__ = ["diff_attention", "reference_diff_attention", "DifferentialAttention", "lambda_init"]
 
@@ -598,7 +599,7 @@ class DifferentialAttention(nn.Module):
         self.lambda_k1 = nn.Parameter(torch.empty(head_dim))
         self.lambda_q2 = nn.Parameter(torch.empty(head_dim))
         self.lambda_k2 = nn.Parameter(torch.empty(head_dim))
-        self.subln = nn.RMSNorm(2 * head_dim, eps=eps, elementwise_affine=True)
+        self.subln = RMSNorm(2 * head_dim, eps=eps, elementwise_affine=True)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -624,9 +625,6 @@ class DifferentialAttention(nn.Module):
             )
         attend = reference_diff_attention if self.reference else diff_attention
         # Normed in (B, S, H, Dv), the kernel's memory order, and handed back as a (B, H, S, Dv) view: a
-        # caller that transposes back for its output projection then copies nothing. The weight is cast to
-        # the activations' dtype: mixed dtypes fall off PyTorch's fused RMSNorm onto a slow composite.
-        out = attend(q, k, v, self.lambda_full()).transpose(1, 2)
-        norm = self.subln
-        out = F.rms_norm(out, (out.shape[-1],), norm.weight.to(out.dtype), norm.eps)
+        # caller that transposes back for its output projection then copies nothing.
+        out = self.subln(attend(q, k, v, self.lambda_full()).transpose(1, 2))
         return (out * (1.0 - self.lambda_init)).transpose(1, 2)

@@ -20,15 +20,10 @@ from torch import nn
 
 from motif_data.kernels import DifferentialAttention, PolyNormGatedMLP, linear_cross_entropy
 from motif_data.kernels.linear_ce import reference_linear_cross_entropy
+from motif_data.kernels.rmsnorm import RMSNorm
 from motif_data.train.config import ModelConfig
 
 __all__ = ["Motif", "count_parameters", "flops_per_token"]
-
-
-class RMSNorm(nn.RMSNorm):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Weight in x's dtype: mixed dtypes fall off PyTorch's fused kernel onto a slow composite.
-        return F.rms_norm(x, (x.shape[-1],), self.weight.to(x.dtype), self.eps)
 
 
 class Rotary(nn.Module):

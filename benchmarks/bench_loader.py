@@ -1,22 +1,24 @@
-"""Loader throughput and start-up, with two baselines measured in the same run.
+"""Loader throughput, time to first batch and resume identity on one set of tokens, in one run: ours in
+process and with 1, 2 and 4 DataLoader workers, raw memmap slicing (the limit), and, where installed
+(``pip install -e ".[bench]"``), litdata and Mosaic streaming: not measured yet, the line says why.
 
-Builds a synthetic manifest of >= 1,000 shards (written with motif_data.shards, as the builder does), then:
-  * start-up: MixtureDataset construction over the manifest, and time to the first item
-  * baseline 1: raw memmap slicing of random (seq_len + 1)-token windows into int64 tensors
-  * baseline 2: naive open + seek + np.fromfile per sequence
-  * ours: MixtureDataset items (mixing, permutation, packing, position_ids) in-process, and
-    MixtureDataLoader batches with 0 / 2 / 4 DataLoader workers
+Tokens: random ids in our shard format, eight domains, documents of 20-2,000 tokens; packed windows of
+seq_len + 1 tokens; batches of ``--batch``; domains mixed at Motif's initial weights (the motif-2.6b
+preset). Throughput is wall time after a warm-up, page cache warm; the machine's load is printed with it.
 
-    python benchmarks/bench_loader.py [--dir /tmp/bench_loader] [--seq-len 4096] [--seconds 3]
+    python benchmarks/bench_loader.py [--dir /tmp/motif_bench_loader] [--seconds 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import importlib.metadata
 import os
 import platform
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,13 +27,15 @@ import torch
 
 from motif_data import DOMAINS
 from motif_data.mixer import MixtureSchedule
-from motif_data.shards import DomainInfo, Manifest, ShardWriter, TokenizerInfo
-from motif_data.trainer_hook import MixtureDataLoader, MixtureDataset
+from motif_data.shards import TOKEN_DTYPE, DomainInfo, Manifest, ShardWriter, TokenizerInfo
+from motif_data.trainer_hook import MixtureDataLoader, MixtureDataset, position_ids
 
 EOT = 199_999
+WORKERS = (0, 1, 2, 4)
 
 
 def build(root: Path, shards_per_domain: int, tokens_per_shard: int) -> Path:
+    """A manifest of random documents, written with motif_data.shards as the builder does (kept for reuse)."""
     manifest_path = root / "manifest.json"
     if manifest_path.is_file():
         return manifest_path
@@ -42,8 +46,7 @@ def build(root: Path, shards_per_domain: int, tokens_per_shard: int) -> Path:
         with ShardWriter(root / name, name, max_tokens=tokens_per_shard) as w:
             left = shards_per_domain * tokens_per_shard
             while left > 0:
-                # documents of ~1,000 tokens on average, written in shard-sized groups for speed
-                lengths = rng.integers(20, 2000, size=256)
+                lengths = rng.integers(20, 2000, size=256)  # written in groups of documents, for speed
                 tokens = rng.integers(0, EOT, size=int(lengths.sum()), dtype=np.uint32)
                 ends = np.cumsum(lengths)
                 tokens[ends - 1] = EOT
@@ -56,155 +59,144 @@ def build(root: Path, shards_per_domain: int, tokens_per_shard: int) -> Path:
     return manifest_path
 
 
-def rate(fn, seconds: float, warm: float = 1.5, clock=time.perf_counter) -> float:
-    """Steady-state tokens per second of ``fn`` (returns tokens produced per call), over ``seconds``.
+def load() -> str:
+    return "load " + "/".join(f"{x:.1f}" for x in os.getloadavg())
 
-    The first ``warm`` seconds are not counted: every process opens each of the ~1,000 shards once
-    (about 0.2 ms each), a start-up cost reported separately. ``clock=time.process_time`` measures the
-    CPU time of this process, which other jobs on a shared machine disturb less than wall time.
-    """
+
+def throughput(batches: Iterator, tokens_per_batch: int, seconds: float, warm: float = 1.0) -> float:
+    """Tokens per second of wall time over ``seconds``, after ``warm`` seconds not counted (worker start,
+    first opening of each shard)."""
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < warm:
-        fn()
-    n, w0, c0 = 0, time.perf_counter(), clock()
-    while time.perf_counter() - w0 < seconds:
-        n += fn()
-    return n / (clock() - c0)
+        next(batches)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        next(batches)
+        n += 1
+    return n * tokens_per_batch / (time.perf_counter() - t0)
 
 
-class _Prefilled(torch.utils.data.IterableDataset):
-    """Anchor for DataLoader workers: batches of the same shape, made shared and written by one copy from
-    a template, no data work at all: what moving a batch between processes costs on this machine."""
+def first_batch(make: Callable[[], Iterator]) -> tuple[Iterator, float]:
+    """The iterator ``make`` builds and the seconds from calling it to the first batch."""
+    t0 = time.perf_counter()
+    it = make()
+    next(it)
+    return it, time.perf_counter() - t0
 
-    def __init__(self, batch: int, span: int):
-        super().__init__()
-        self.batch, self.span = batch, span
 
-    def __iter__(self):
-        template = torch.arange(self.batch * self.span, dtype=torch.int64).reshape(self.batch, self.span)
-        while True:
-            tokens, positions = torch.empty_like(template), torch.empty_like(template)
-            if torch.utils.data.get_worker_info() is not None:
-                tokens.share_memory_()
-                positions.share_memory_()
-            tokens.copy_(template)
-            positions.copy_(template)
-            yield {
-                "input_ids": tokens,
-                "domain": torch.zeros(self.batch, dtype=torch.int64),
-                "position_ids": positions,
-            }
+def raw_memmap(path: Path, batch: int, span: int) -> Iterator[torch.Tensor]:
+    """The limit: batches of packed windows sliced from the shards' memmaps at random, copied into one
+    int32 tensor, with no mixing, no permutation, no document boundaries."""
+    manifest = Manifest.load(path)
+    maps = [
+        np.memmap(path.parent / s.path, dtype=TOKEN_DTYPE, mode="r").view(np.ndarray)
+        for d in manifest.domains.values()
+        for s in d.shards
+    ]
+    windows = [len(m) // span for m in maps]
+    rng = np.random.default_rng(1)
+    while True:
+        out = np.empty((batch, span), dtype=TOKEN_DTYPE)
+        for row in range(batch):
+            i = int(rng.integers(len(maps)))
+            w = int(rng.integers(windows[i]))
+            out[row] = maps[i][w * span : (w + 1) * span]
+        yield torch.from_numpy(out.view(np.int32))
+
+
+def stream_hash(path: Path, sched, seq_len: int, batch: int, layout: list[tuple[int, int, int]]) -> str:
+    """sha256 of the global stream's tokens and position_ids, read in phases: ``(world_size, num_workers,
+    steps)`` each, every phase resuming the previous one's saved state; the global batch stays ``batch``."""
+    digest, state = hashlib.sha256(), None
+    for world, workers, steps in layout:
+        loaders = []
+        for rank in range(world):
+            ds = MixtureDataset(path, sched, seq_len, 0, rank, world, batch_size=batch // world)
+            loader = MixtureDataLoader(ds, num_workers=workers, batches_per_transfer=4)
+            if state is not None:
+                loader.load_state_dict(state)
+            loaders.append(loader)
+        for _, *batches in zip(range(steps), *loaders, strict=False):
+            for b in batches:  # row by row: the bytes then do not depend on how rows split into ranks
+                for ids, pos in zip(b["input_ids"].numpy(), position_ids(b).numpy(), strict=True):
+                    digest.update(ids.tobytes() + pos.tobytes())
+        state = loaders[0].state_dict()
+    return digest.hexdigest()[:16]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dir", default="/tmp/motif_bench_loader")
     ap.add_argument("--seq-len", type=int, default=4096)
+    ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--shards-per-domain", type=int, default=128)
-    ap.add_argument("--tokens-per-shard", type=int, default=1 << 17)
-    ap.add_argument("--batch", type=int, default=16, help="per-rank batch size for the batched rows")
+    ap.add_argument("--tokens-per-shard", type=int, default=234_375, help="default: 240 M tokens in all")
     args = ap.parse_args()
-    L = args.seq_len
+    L, B = args.seq_len, args.batch
+    span = L + 1
     torch.set_num_threads(1)
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; python {platform.python_version()}, "
-          f"numpy {np.__version__}, torch {torch.__version__}")  # fmt: skip
-    print(f"load average before: {os.getloadavg()} (other jobs share this machine: timings are noisy)")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}; python "
+          f"{platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}")  # fmt: skip
+    print(f"{load()} before (other jobs share this machine)")
     t = time.perf_counter()
-    path = build(Path(args.dir), args.shards_per_domain, args.tokens_per_shard)
+    path = build(Path(args.dir) / f"{args.shards_per_domain}x{args.tokens_per_shard}", args.shards_per_domain,
+                 args.tokens_per_shard)  # fmt: skip
     manifest = Manifest.load(path)
     n_shards = sum(len(d.shards) for d in manifest.domains.values())
     total = sum(d.tokens for d in manifest.domains.values())
-    print(
-        f"build: {n_shards} shards, {total / 1e6:.0f}M tokens ({time.perf_counter() - t:.1f} s to make or find)"
-    )
+    print(f"tokens: {n_shards} shards, {total / 1e6:.0f} M tokens ({time.perf_counter() - t:.1f} s to make or "
+          f"find); windows of {span} tokens, batches of {B}")  # fmt: skip
     sched = MixtureSchedule.preset("motif-2.6b")
 
-    t = time.perf_counter()
-    ds = MixtureDataset(path, sched, L, seed=0, batch_size=args.batch)
-    t_init = time.perf_counter() - t
-    first = next(iter(ds))
-    t_first = time.perf_counter() - t
-    print(f"\nstart-up over {n_shards} shards: construct {t_init * 1e3:.0f} ms, first item {t_first * 1e3:.0f} ms "
-          f"(goal <= 1000 ms)")  # fmt: skip
-    assert first["input_ids"].shape == (L + 1,)
-
-    # Baselines read the same shards at uniformly random offsets.
-    shards = [(path.parent / s.path, s.tokens) for d in manifest.domains.values() for s in d.shards]
-    maps = [np.memmap(p, dtype="<u4", mode="r") for p, _ in shards]
-    rng = np.random.default_rng(1)
-
-    def raw_memmap(batch=64):
-        for _ in range(batch):
-            i = int(rng.integers(len(maps)))
-            o = int(rng.integers(0, len(maps[i]) - L - 1))
-            torch.from_numpy(maps[i][o : o + L + 1].astype(np.int64))
-        return batch * (L + 1)
-
-    def naive_fromfile(batch=64):
-        for _ in range(batch):
-            i = int(rng.integers(len(shards)))
-            o = int(rng.integers(0, shards[i][1] - L - 1))
-            with open(shards[i][0], "rb") as f:
-                f.seek(4 * o)
-                torch.from_numpy(np.fromfile(f, dtype="<u4", count=L + 1).astype(np.int64))
-        return batch * (L + 1)
-
-    it = iter(ds)
-
-    def ours_items(batch=64):
-        for _ in range(batch):
-            next(it)
-        return batch * (L + 1)
-
-    batches = MixtureDataset(path, sched, L, seed=0, batch_size=args.batch).iter_batches()
-
-    def ours_batches(n=8):
-        for _ in range(n):
-            next(batches)
-        return n * args.batch * (L + 1)
-
-    cpu = time.process_time
-    rows = [
-        ("baseline: raw memmap slice -> int64 tensor", rate(raw_memmap, args.seconds, clock=cpu)),
-        ("baseline: open + np.fromfile per sequence", rate(naive_fromfile, args.seconds, clock=cpu)),
-        ("MixtureDataset items (dicts), in-process", rate(ours_items, args.seconds, clock=cpu)),
-        (
-            f"MixtureDataset.iter_batches({args.batch}), in-process",
-            rate(ours_batches, args.seconds, clock=cpu),
-        ),
-    ]
-    r_raw = rows[0][1]
-    print(
-        f"\nper process, CPU time of this process; seq_len {L}, mixing + permutation + packing + position_ids"
-    )
-    print(f"{'':<52}{'tokens/s':>12}{'vs raw':>9}")
-    for name, r in rows:
-        print(f"{name:<52}{r / 1e6:>10.0f} M{r / r_raw:>8.2f}x")
-    print("goal: >= 300 M tokens/s per process and >= 0.5x raw slicing")
-
-    print(f"\nthrough torch DataLoader (wall time, batches of {args.batch}); anchor = workers yielding "
-          f"prefilled batches of the same shape (the cost of moving batches between processes)")  # fmt: skip
-    print(f"{'workers':>8}{'MixtureDataLoader':>20}{'per worker':>13}{'prefilled anchor':>19}")
-    for workers in (0, 2, 4):
-        loader = iter(
-            MixtureDataLoader(
-                MixtureDataset(path, sched, L, seed=0, batch_size=args.batch), num_workers=workers
-            )
-        )
-        empty = iter(
-            torch.utils.data.DataLoader(_Prefilled(args.batch, L + 1), batch_size=None, num_workers=workers)
+    def ours(workers: int) -> Iterator:
+        return iter(
+            MixtureDataLoader(MixtureDataset(path, sched, L, seed=0, batch_size=B), num_workers=workers)
         )
 
-        def pull(source, n=4):
-            for _ in range(n):
-                next(source)
-            return n * args.batch * (L + 1)
+    print(f"\n{'':<40}{'tokens/s':>10}{'vs limit':>10}{'vs ours 0':>11}{'1st batch':>11}  load")
+    rows: dict[str, tuple[float, float]] = {}
 
-        r = rate(lambda loader=loader: pull(loader), args.seconds)
-        r_empty = rate(lambda empty=empty: pull(empty), args.seconds, warm=0.5)
-        print(f"{workers:>8}{r / 1e6:>18.0f} M{r / max(workers, 1) / 1e6:>11.0f} M{r_empty / 1e6:>17.0f} M")
-    print(f"\nload average after: {os.getloadavg()}")
+    def measure(name: str, make: Callable[[], Iterator], ratio_to: str | None = "ours, in process") -> None:
+        it, t_first = first_batch(make)
+        r = throughput(it, B * span, args.seconds)
+        del it  # workers stop before the next row starts
+        rows[name] = (r, t_first)
+        limit = rows.get("raw memmap slicing (limit)", (r, 0))[0]
+        own = rows.get(ratio_to, (r, 0))[0] if ratio_to else r
+        print(f"{name:<40}{r / 1e6:>8.0f} M{r / limit:>9.2f}x{r / own:>10.2f}x{t_first * 1e3:>9.0f} ms  {load()}",
+              flush=True)  # fmt: skip
+
+    measure("raw memmap slicing (limit)", lambda: raw_memmap(path, B, span))
+    for workers in WORKERS:
+        measure("ours, in process" if workers == 0 else f"ours, {workers} workers", lambda w=workers: ours(w))
+
+    print("\nresume: sha256 of tokens + position_ids over 48 global batches, against an uninterrupted run")
+    reference = stream_hash(path, sched, L, B, [(1, 0, 48)])
+    for label, layout in [
+        ("workers 2 -> 4 -> 0", [(1, 2, 16), (1, 4, 16), (1, 0, 16)]),
+        ("world 1 -> 2 -> 4 (global batch kept)", [(1, 0, 16), (2, 1, 16), (4, 0, 16)]),
+    ]:
+        got = stream_hash(path, sched, L, B, layout)
+        print(
+            f"  ours, {label:<38} {got}  {'identical' if got == reference else 'DIFFERENT'} (uninterrupted {reference})"
+        )
+
+    for package in ("litdata", "mosaicml-streaming"):
+        # Both need torchvision, which pip resolves to a CUDA torch build: not installed beside torch CPU.
+        print(f"  {package}: {_version(package)}; not measured (its comparison is not written yet)")
+
+    in_process, two = rows["ours, in process"][0], rows["ours, 2 workers"][0]
+    print(f"\nacceptance: in process {in_process / rows['raw memmap slicing (limit)'][0]:.2f}x the limit (>= 0.5); "
+          f"2 workers {two / in_process:.2f}x in process (>= 0.5)")  # fmt: skip
+    print(f"{load()} after")
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
 
 
 if __name__ == "__main__":

@@ -234,7 +234,8 @@ def train_step(run: _Run, batches, step: int) -> dict[str, torch.Tensor | float]
     sequence_losses, sequence_domains = [], []
     for micro in range(cfg.grad_accum):
         batch = next(batches)
-        ids = batch["input_ids"].to(device, non_blocking=True)
+        # The loader's int32 tokens travel as they are and are widened here, on the device.
+        ids = batch["input_ids"].to(device, non_blocking=True).long()
         # DDP all-reduces gradients only on the last micro-batch of the step.
         skip_sync = run.world_size > 1 and micro < cfg.grad_accum - 1
         with model.no_sync() if skip_sync else contextlib.nullcontext():

@@ -6,8 +6,13 @@ g, so the state is one integer (the global position) plus a hash of the configur
 DataLoader workers split the stream by arithmetic alone.
 
 Layout: the stream is consumed in global micro-batches of ``batch_size × world_size`` sequences; in each,
-rank r takes the r-th run of ``batch_size`` consecutive sequences. A rank's runs go to its DataLoader
-workers round-robin, the order in which ``torch.utils.data.DataLoader`` collects them.
+rank r takes the r-th run of ``batch_size`` consecutive sequences. Iterating the dataset, a rank's runs go to
+its DataLoader workers round-robin, the order in which ``torch.utils.data.DataLoader`` collects them;
+MixtureDataLoader hands them over in groups of consecutive runs, the groups round-robin.
+
+MixtureDataLoader batches are compact: ``input_ids`` int32 (the shard dtype's values; widen with ``.long()``
+on the device), ``domain`` int64, and ``documents``, a small int32 tensor of the document boundaries from
+which `position_ids` (and ``cu_seqlens``, its first row) come, on whatever device the batch is.
 """
 
 from __future__ import annotations
@@ -31,10 +36,14 @@ from motif_data.mixer.schedule import MixtureSchedule
 from motif_data.shards import OFFSET_DTYPE, TOKEN_DTYPE, Manifest, ShardError
 from motif_data.trainer_hook.state import StreamState
 
-__all__ = ["MixtureDataset", "MixtureDataLoader", "DomainExhaustedError"]
+__all__ = ["MixtureDataset", "MixtureDataLoader", "DomainExhaustedError", "position_ids"]
 
 _LOOKAHEAD = 2048  # sequences located per sampler call
 _POLICIES = ("repeat", "error")
+# Tokens per worker hand-over: a DataLoader worker hands a tensor over through one shared-memory segment
+# and a file descriptor, ~1 ms on a 2-core VM whatever its size, so batches travel many to a buffer.
+_TRANSFER_TOKENS = 1 << 22
+_INT32_MAX = 2**31 - 1
 
 
 class DomainExhaustedError(RuntimeError):
@@ -66,17 +75,20 @@ class _DomainData:
             r = self.readers[i] = (shard.tokens.view(np.ndarray), shard.offsets.view(np.ndarray))
         return r
 
-    def fill(self, start: int, tokens_out: np.ndarray, base: int, docs: list[int], cuts: list[int]) -> None:
-        """Write tokens ``[start, start + len(tokens_out))`` of the domain stream into ``tokens_out`` (an int64
-        row at flat index ``base`` of its batch) and append, per document part in it, the flat index where
-        the document starts (``docs``; before ``base`` if it began earlier) and where its part starts (``cuts``)."""
+    def fill(
+        self, start: int, length: int, base: int, docs: list[int], cuts: list[int], pieces: list[np.ndarray]
+    ) -> None:
+        """Append tokens ``[start, start + length)`` of the domain stream to ``pieces`` as views of the shards
+        (copied once, where the caller knows its buffer's size) and, per document part in them, the flat
+        index where the document starts (``docs``; before ``base``, the window's first index, if it began
+        earlier) and where its part starts (``cuts``)."""
         i = bisect.bisect_right(self.starts_list, start) - 1
         off = start - self.starts_list[i]
-        done, length = 0, len(tokens_out)
+        done = 0
         while done < length:  # more than one pass only for a window crossing into the next shard
             tokens, offsets = self.reader(i)
             n = min(length - done, len(tokens) - off)
-            tokens_out[done : done + n] = tokens[off : off + n]
+            pieces.append(tokens[off : off + n])
             # uint64 search keys: a Python int against the uint64 index would convert the whole index.
             first = int(offsets.searchsorted(np.uint64(off), side="right")) - 1
             last = int(offsets.searchsorted(np.uint64(off + n), side="left"))
@@ -155,6 +167,16 @@ class MixtureDataset(IterableDataset):
             problems.append(f"exhaustion must map domains of {DOMAINS} to one of {_POLICIES}, got {bad}")
         if max_sequences is not None and max_sequences < 0:
             problems.append(f"max_sequences must be >= 0, got {max_sequences}")
+        if not problems and batch_size * (seq_len + 1) > _INT32_MAX:
+            problems.append(
+                f"batch_size × (seq_len + 1) = {batch_size * (seq_len + 1)} exceeds 2**31 - 1, the int32 "
+                "document boundaries of a batch: lower batch_size"
+            )
+        if self.manifest.tokenizer.vocab_size > _INT32_MAX:
+            problems.append(
+                f"the manifest's vocab_size {self.manifest.tokenizer.vocab_size} exceeds 2**31 - 1: batches "
+                "carry int32 token ids"
+            )
         if problems:
             raise ValueError("invalid MixtureDataset: " + "; ".join(problems))
         self.schedule, self.seq_len, self.seed = schedule, int(seq_len), int(seed)
@@ -271,15 +293,24 @@ class MixtureDataset(IterableDataset):
             epoch[sel], window[sel] = e, w
         return epoch, window
 
-    def _fill_rows(
-        self, dom: list[int], window: list[int], tokens: np.ndarray, positions: np.ndarray
-    ) -> None:
-        """Rows of ``tokens`` / ``positions`` (shape ``(n, span)``) for the given (domain, window) pairs."""
+    def _locate_rows(
+        self, dom: list[int], window: list[int]
+    ) -> tuple[list[int], list[int], list[np.ndarray]]:
+        """(docs, cuts, pieces) of `_DomainData.fill` for rows of the given (domain, window) pairs."""
         span = self.seq_len + 1
         docs: list[int] = []
         cuts: list[int] = []
+        pieces: list[np.ndarray] = []
         for i, (d, w) in enumerate(zip(dom, window, strict=True)):
-            self.domains[d].fill(w * span, tokens[i], i * span, docs, cuts)
+            self.domains[d].fill(w * span, span, i * span, docs, cuts, pieces)
+        return docs, cuts, pieces
+
+    def _fill_rows(
+        self, dom: list[int], window: list[int], tokens: np.ndarray, positions: np.ndarray
+    ) -> None:
+        """Rows of ``tokens`` / ``positions`` (int64, shape ``(n, span)``) for the given (domain, window) pairs."""
+        docs, cuts, pieces = self._locate_rows(dom, window)
+        np.concatenate(pieces, out=tokens.reshape(-1))
         _positions(docs, cuts, positions.reshape(-1), self._arange)
 
     def sequence(self, domain: int, window: int) -> dict[str, torch.Tensor]:
@@ -316,20 +347,31 @@ class MixtureDataset(IterableDataset):
             )
         return worker, workers, st.position, st.chunk, st.item
 
-    def _runs(self, workers: int, position: int, chunk: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-        """This rank's runs of ``batch_size`` sequences from chunk ``chunk`` on, every ``workers``-th one:
-        (chunk, domains, windows). The rank's chunk-th run sits in global micro-batch ``chunk`` at offset
+    def _chunks(self, first: int, offset: int, stride: int, run: int) -> Iterator[np.ndarray]:
+        """Blocks of this process's chunk indices ``first + (offset + stride·t)·run + j`` (t = 0, 1, …, j < run),
+        ascending, ~_LOOKAHEAD sequences a block: ``run`` consecutive chunks, then ``stride - 1`` groups of
+        them for the other workers."""
+        per = max(1, _LOOKAHEAD // (self.batch_size * run))
+        t = 0
+        while True:
+            groups = offset + stride * np.arange(t, t + per, dtype=np.int64)
+            yield (first + groups[:, None] * run + np.arange(run)).ravel()
+            t += per
+
+    def _runs(
+        self, position: int, blocks: Iterator[np.ndarray]
+    ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """This rank's runs of ``batch_size`` sequences at the chunk indices of ``blocks``: (chunk, domains,
+        windows). The rank's c-th run sits in global micro-batch c (after ``position``) at offset
         ``rank × batch_size``. Runs are located many at a time, which is what makes mixing cheap."""
         b, G = self.batch_size, self.global_batch
-        many = max(1, _LOOKAHEAD // b)
-        while True:
-            chunks = chunk + workers * np.arange(many, dtype=np.int64)
+        for chunks in blocks:
             starts = position + chunks * G + self.rank * b
             if self.max_sequences is not None:
                 starts = starts[starts < self.max_sequences]
                 if not len(starts):
                     return
-            if G == b and workers == 1:  # the runs are contiguous: one range
+            if G == b and starts[-1] - starts[0] == (len(starts) - 1) * b:  # contiguous runs: one range
                 dom, k = self.sampler.draws(int(starts[0]), int(starts[-1]) + b)
                 dom, k = dom.reshape(-1, b), k.reshape(-1, b)
             else:
@@ -341,13 +383,12 @@ class MixtureDataset(IterableDataset):
             _, window = self._windows(dom.ravel(), k.ravel(), where.ravel())
             for r in range(len(starts)):
                 yield int(chunks[r]), dom.ravel()[r * b : (r + 1) * b], window[r * b : (r + 1) * b]
-            chunk = int(chunks[len(starts) - 1]) + workers
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         worker, workers, position, first, item = self._start()
         b = self.batch_size
         span = self.seq_len + 1
-        for chunk, dom, window in self._runs(workers, position, first):
+        for chunk, dom, window in self._runs(position, self._chunks(first, 0, workers, 1)):
             # Filled a run at a time (cheaper than one by one); each item is a row view of the run.
             n = len(dom) - item
             tokens, positions = np.empty((n, span), dtype=np.int64), np.empty((n, span), dtype=np.int64)
@@ -361,23 +402,88 @@ class MixtureDataset(IterableDataset):
             item = 0
 
     def iter_batches(self) -> Iterator[dict[str, torch.Tensor]]:
-        """Like iterating, but one collated dict per run of ``batch_size`` (leading dimension = batch),
-        written straight into the batch tensors: what MixtureDataLoader uses."""
-        worker, workers, position, first, item = self._start()
-        if item:
-            raise ValueError("iter_batches resumes at batch boundaries only; this state is mid-batch")
+        """In the main process, one compact batch (MixtureDataLoader's format) per run of ``batch_size``,
+        resumable at batch boundaries through `state_dict`."""
+        worker, workers, position, chunk, item = self._start()
+        if item or workers != 1:
+            raise ValueError(
+                "iter_batches runs in the main process and resumes at batch boundaries only; this state is "
+                "mid-batch or the call is inside a DataLoader worker: use MixtureDataLoader for workers"
+            )
+        for buffer in self._transfers(position, chunk, 0, 1, self._runs_per_transfer):
+            for batch in self._unpack(buffer):
+                chunk += 1
+                self._advance(position, chunk, 0, worker, workers)
+                yield batch
+
+    # -- the compact batches that DataLoader workers hand over ------------------------------------------------
+
+    @property
+    def _runs_per_transfer(self) -> int:
+        """Batches per worker hand-over unless MixtureDataLoader is told otherwise: ~_TRANSFER_TOKENS."""
+        return max(1, _TRANSFER_TOKENS // (self.batch_size * (self.seq_len + 1)))
+
+    def _transfers(
+        self, position: int, first: int, worker: int, workers: int, runs: int
+    ) -> Iterator[torch.Tensor]:
+        """This worker's share of the stream, as one int32 buffer (`_pack`) per group of ``runs`` consecutive
+        runs; the groups go to the workers round-robin, the order in which the DataLoader collects them."""
+        group: list[tuple[np.ndarray, np.ndarray]] = []
+        for _, dom, window in self._runs(position, self._chunks(first, worker, workers, runs)):
+            group.append((dom, window))
+            if len(group) == runs:
+                yield self._pack(group)
+                group = []
+        if group:  # max_sequences cut the last group short
+            yield self._pack(group)
+
+    def _pack(self, runs: list[tuple[np.ndarray, np.ndarray]]) -> torch.Tensor:
+        """One int32 buffer holding the batches of ``runs``: a header (number of batches; rows and document
+        parts of each, padded to an even length), the domains as int64, the tokens, then each batch's
+        ``documents`` (2 × (parts + 1)). One tensor, so a worker hands it over in one step."""
         span = self.seq_len + 1
-        for chunk, dom, window in self._runs(workers, position, first):
-            tokens = torch.empty((len(dom), span), dtype=torch.int64)
-            positions = torch.empty((len(dom), span), dtype=torch.int64)
-            if get_worker_info() is not None:
-                # Made shared before filling: the DataLoader would otherwise copy the batch into shared
-                # memory to hand it to the main process (measured: 2x the worker throughput).
-                tokens.share_memory_()
-                positions.share_memory_()
-            self._fill_rows(dom.tolist(), window.tolist(), tokens.numpy(), positions.numpy())
-            self._advance(position, chunk + workers, 0, worker, workers)
-            yield _item(tokens, dom.copy(), positions)
+        rows = [len(dom) for dom, _ in runs]
+        located = [self._locate_rows(dom.tolist(), window.tolist()) for dom, window in runs]
+        parts = [len(cuts) for _, cuts, _ in located]
+        n, total_rows = len(runs), sum(rows)
+        head = 2 * n + 2
+        size = head + 2 * total_rows + total_rows * span + 2 * (sum(parts) + n)
+        buffer = torch.empty(size, dtype=torch.int32)
+        if get_worker_info() is not None:
+            # Made shared before filling: the DataLoader would otherwise copy the buffer into shared memory
+            # to hand it to the main process.
+            buffer.share_memory_()
+        flat = buffer.numpy()
+        flat[0], flat[1 : n + 1], flat[n + 1 : 2 * n + 1], flat[2 * n + 1] = n, rows, parts, 0
+        flat[head : head + 2 * total_rows].view(np.int64)[:] = np.concatenate([dom for dom, _ in runs])
+        at = head + 2 * total_rows
+        np.concatenate([p for _, _, pieces in located for p in pieces],
+                       out=flat[at : at + total_rows * span].view(TOKEN_DTYPE))  # fmt: skip
+        at += total_rows * span
+        for (docs, cuts, _), p, r in zip(located, parts, rows, strict=True):
+            documents = flat[at : at + 2 * (p + 1)].reshape(2, p + 1)
+            documents[0, :p], documents[0, p] = cuts, r * span
+            documents[1, :p], documents[1, p] = np.subtract(cuts, docs), 0
+            at += 2 * (p + 1)
+        return buffer
+
+    def _unpack(self, buffer: torch.Tensor) -> Iterator[dict[str, torch.Tensor]]:
+        """The batches of a `_pack` buffer, as views of it (so a pinned buffer gives pinned batches)."""
+        span = self.seq_len + 1
+        n = int(buffer[0])
+        counts = buffer[1 : 2 * n + 1].tolist()
+        rows, parts = counts[:n], counts[n:]
+        head, total_rows = 2 * n + 2, sum(rows)
+        domains = buffer[head : head + 2 * total_rows].view(torch.int64)
+        tokens = buffer[head + 2 * total_rows : head + 2 * total_rows + total_rows * span]
+        at, row = head + 2 * total_rows + total_rows * span, 0
+        for r, p in zip(rows, parts, strict=True):
+            yield {
+                "input_ids": tokens[row * span : (row + r) * span].view(r, span),
+                "domain": domains[row : row + r],
+                "documents": buffer[at : at + 2 * (p + 1)].view(2, p + 1),
+            }
+            row, at = row + r, at + 2 * (p + 1)
 
     def _advance(self, position: int, chunk: int, item: int, worker: int, workers: int) -> None:
         self._cursor = dataclasses.replace(self._cursor, position=position, chunk=chunk, item=item,
@@ -432,39 +538,75 @@ def _item(tokens, domain, positions) -> dict[str, torch.Tensor]:
             "position_ids": as_tensor(positions)}  # fmt: skip
 
 
-class _Batches(IterableDataset):
-    """The dataset's collated runs as items, so that DataLoader workers hand over whole batches."""
+def position_ids(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Each token's position in its document (int64, the shape of ``input_ids``, on its device) from a
+    MixtureDataLoader batch's ``documents``: row 0 holds where each document part of the flattened batch
+    starts (rows always start a part) and, last, the token count, i.e. ``cu_seqlens``; row 1 the position
+    in its document of each part's first token (non-zero where a document began in an earlier window).
+    No host synchronisation, so it runs on the GPU after a ``non_blocking`` copy."""
+    ids, documents = batch["input_ids"], batch["documents"].long()
+    cu = documents[0]
+    document_start = torch.repeat_interleave(cu[:-1] - documents[1, :-1], cu.diff(), output_size=ids.numel())
+    return (torch.arange(ids.numel(), device=ids.device) - document_start).view(ids.shape)
 
-    def __init__(self, dataset: MixtureDataset):
+
+class _Transfers(IterableDataset):
+    """A worker's share of the dataset's `_pack` buffers: what the DataLoader moves between processes."""
+
+    def __init__(self, dataset: MixtureDataset, runs: int):
         super().__init__()
-        self.dataset = dataset
+        self.dataset, self.runs = dataset, runs
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        return self.dataset.iter_batches()
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        info = get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        # MixtureDataLoader loads a batch-boundary state before each iteration: position alone.
+        return self.dataset._transfers(self.dataset.stream_state().position, 0, worker, workers, self.runs)
 
 
 class MixtureDataLoader:
     """A ``torch.utils.data.DataLoader`` over a MixtureDataset whose state is the global position, so a
-    run can resume with another ``num_workers`` or world size (global batch fixed)."""
+    run can resume with another ``num_workers`` or world size (global batch fixed).
 
-    def __init__(self, dataset: MixtureDataset, num_workers: int = 0, **kwargs):
+    Batches: ``input_ids`` (batch_size, seq_len + 1) int32, ``domain`` (batch_size,) int64, ``documents``
+    (2, parts + 1) int32, see `position_ids`. Workers hand over ``batches_per_transfer`` batches at a time
+    in one buffer (default: as many as hold ~4 M tokens); the stream does not depend on it."""
+
+    def __init__(
+        self,
+        dataset: MixtureDataset,
+        num_workers: int = 0,
+        *,
+        batches_per_transfer: int | None = None,
+        **kwargs,
+    ):
+        problems = []
         if "batch_size" in kwargs or "shuffle" in kwargs or kwargs.get("persistent_workers"):
-            raise ValueError(
+            problems.append(
                 "MixtureDataLoader sets batch_size from the dataset and keeps no persistent workers; "
                 "set batch_size on MixtureDataset"
             )
+        if batches_per_transfer is not None and (
+            not isinstance(batches_per_transfer, int) or batches_per_transfer <= 0
+        ):
+            problems.append(
+                f"batches_per_transfer must be a positive integer or None, got {batches_per_transfer!r}"
+            )
+        if problems:
+            raise ValueError("invalid MixtureDataLoader: " + "; ".join(problems))
         self.dataset, self.num_workers, self.kwargs = dataset, num_workers, kwargs
+        self.batches_per_transfer = batches_per_transfer or dataset._runs_per_transfer
         self._position = 0
         self.load_state_dict(dataset.state_dict())
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         self.dataset.load_state_dict(self.state_dict())
-        loader = DataLoader(
-            _Batches(self.dataset), batch_size=None, num_workers=self.num_workers, **self.kwargs
-        )
-        for batch in loader:
-            self._position += self.dataset.global_batch
-            yield batch
+        transfers = _Transfers(self.dataset, self.batches_per_transfer)
+        loader = DataLoader(transfers, batch_size=None, num_workers=self.num_workers, **self.kwargs)
+        for buffer in loader:  # unpacked here, after pin_memory: the batches are views of the pinned buffer
+            for batch in self.dataset._unpack(buffer):
+                self._position += self.dataset.global_batch
+                yield batch
 
     def state_dict(self) -> dict:
         return self.dataset.stream_state().at(self._position).to_dict()

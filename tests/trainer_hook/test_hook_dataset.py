@@ -8,7 +8,7 @@ import torch
 from motif_data import DOMAINS
 from motif_data.mixer import MixtureSchedule, QuotaSampler, Stage
 from motif_data.shards import ShardError
-from motif_data.trainer_hook import DomainExhaustedError, MixtureDataLoader, MixtureDataset
+from motif_data.trainer_hook import DomainExhaustedError, MixtureDataLoader, MixtureDataset, position_ids
 
 SEQ = 24
 SCHED = MixtureSchedule.preset("motif-2.6b", stage1_tokens=400 * SEQ, anneal_tokens=100 * SEQ)
@@ -83,21 +83,22 @@ def test_packing_keeps_every_token_of_real_documents(tmp_path, corpus, o200k, bu
     assert (joined[np.flatnonzero(starts)[1:] - 1] == o200k.eot_token).all()  # each document follows an EOT
 
 
-def _run(manifest, world, workers, batch, limit, state=None, seed=7):
-    """Global order as the trainer sees it: step by step, the ranks' batches in rank order."""
+def _run(manifest, world, workers, batch, limit, state=None, seed=7, per_transfer=None):
+    """Global order as the trainer sees it: step by step, the ranks' batches in rank order, each sequence
+    keyed as `_key` keys a dataset item (int64 tokens and positions)."""
     loaders = []
     for r in range(world):
         ds = MixtureDataset(manifest, SCHED, SEQ, seed, rank=r, world_size=world, batch_size=batch,
                             max_sequences=limit)  # fmt: skip
-        dl = MixtureDataLoader(ds, num_workers=workers)
+        dl = MixtureDataLoader(ds, num_workers=workers, batches_per_transfer=per_transfer)
         if state is not None:
             dl.load_state_dict(state)
         loaders.append(dl)
     out = []
     for batches in zip(*loaders, strict=True):
         for b in batches:
-            out += [b["input_ids"][i].numpy().tobytes() + b["position_ids"][i].numpy().tobytes()
-                    for i in range(len(b["domain"]))]  # fmt: skip
+            ids, pos = b["input_ids"].long(), position_ids(b)
+            out += [ids[i].numpy().tobytes() + pos[i].numpy().tobytes() for i in range(len(b["domain"]))]
     return out, loaders[0]
 
 
@@ -107,9 +108,12 @@ def test_ranks_and_workers_see_every_global_index_exactly_once_in_order(small_bu
     limit = 96  # a multiple of every global batch below
     reference = [_key(x) for x in MixtureDataset(manifest, SCHED, SEQ, seed=7).items(0, limit)]
     assert len(set(reference)) == limit  # distinct windows, so order and duplicates are visible
-    for workers in range(4):
-        got, _ = _run(manifest, world, workers, batch=3 if world < 4 else 2, limit=limit)
-        assert got == reference, (world, workers)
+    # batches per worker hand-over: one, a few (groups interleave over workers), all of them (the default)
+    for workers, per_transfer in itertools.product(range(4), (1, 3, None)):
+        got, _ = _run(
+            manifest, world, workers, batch=3 if world < 4 else 2, limit=limit, per_transfer=per_transfer
+        )
+        assert got == reference, (world, workers, per_transfer)
 
 
 def test_resume_is_bitwise_with_other_workers_and_world_sizes(small_build):
@@ -121,15 +125,56 @@ def test_resume_is_bitwise_with_other_workers_and_world_sizes(small_build):
     for (w0, n0), (w1, b1, n1) in [((2, 1), (4, 3, 2)), ((2, 2), (1, 12, 0)), ((2, 0), (3, 4, 3))]:
         steps = int(rng.integers(1, limit // 12))
         loaders = [
-            MixtureDataLoader(MixtureDataset(manifest, SCHED, SEQ, 7, r, w0, batch_size=6), num_workers=n0)
+            MixtureDataLoader(
+                MixtureDataset(manifest, SCHED, SEQ, 7, r, w0, batch_size=6),
+                num_workers=n0,
+                batches_per_transfer=3,  # the state falls inside a worker's hand-over, mostly
+            )
             for r in range(w0)
         ]
         for _ in zip(range(steps), *loaders, strict=False):  # range first: no extra batch is pulled
             pass
         state = loaders[0].state_dict()
         assert state["position"] == steps * 12 and all(dl.state_dict() == state for dl in loaders)
-        got, _ = _run(manifest, w1, n1, batch=b1, limit=limit, state=state)
+        got, _ = _run(manifest, w1, n1, batch=b1, limit=limit, state=state, per_transfer=2)
         assert got == reference[steps * 12 :], (w0, n0, w1, n1, steps)
+
+
+def _brute_force_positions(tokens: np.ndarray, eot: int) -> np.ndarray:
+    """Position of each token of a domain stream in its document, by walking it: 0 after each EOT."""
+    positions, p = [], 0
+    for t in tokens.tolist():
+        positions.append(p)
+        p = 0 if t == eot else p + 1
+    return np.array(positions)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_the_batch_boundary_tensor_gives_the_position_ids_of_a_scan_over_the_tokens(small_build, workers):
+    manifest, docs = small_build
+    span, batch, limit = SEQ + 1, 5, 200
+    streams = {d: np.concatenate(docs[name]).astype(np.int64) for d, name in enumerate(DOMAINS)}
+    ds = MixtureDataset(manifest, SCHED, SEQ, seed=3, batch_size=batch, max_sequences=limit)
+    eot = ds.manifest.tokenizer.eot_id
+    scanned = {d: _brute_force_positions(tokens, eot) for d, tokens in streams.items()}
+    dom, _, window = ds.locate(0, limit)
+    loader = MixtureDataLoader(ds, num_workers=workers, batches_per_transfer=4)
+    g = 0
+    for b in loader:
+        assert b["input_ids"].dtype == torch.int32 and b["input_ids"].shape == (batch, span)
+        assert b["documents"].dtype == torch.int32 and b["domain"].dtype == torch.int64
+        rows = [slice(int(w) * span, (int(w) + 1) * span) for w in window[g : g + batch]]
+        expected_tokens = np.stack([streams[d][r] for d, r in zip(dom[g : g + batch], rows, strict=True)])
+        expected = np.stack([scanned[d][r] for d, r in zip(dom[g : g + batch], rows, strict=True)])
+        assert np.array_equal(b["domain"].numpy(), dom[g : g + batch])
+        assert np.array_equal(b["input_ids"].numpy(), expected_tokens)
+        pos = position_ids(b)
+        assert pos.dtype == torch.int64 and np.array_equal(pos.numpy(), expected)
+        # cu_seqlens for document masking: every row start and every document start, then the token count
+        starts = np.flatnonzero((expected == 0) | (np.arange(span) == 0)[None, :])
+        assert np.array_equal(b["documents"][0].numpy(), np.append(starts, batch * span))
+        g += batch
+    assert g == limit
 
 
 def test_dataset_state_resumes_mid_batch_in_the_main_process(small_build):
@@ -226,6 +271,8 @@ def test_bad_builds_and_arguments_fail_with_a_clear_message(tmp_path, build_tool
     with pytest.raises(ValueError, match="draws from \\['math'\\]"):
         MixtureDataset(path, SCHED, SEQ, seed=0)
     no_math = MixtureSchedule([Stage("s", 1e6, {"web": 0.5, "code": 0.5}, {"web": 0.5, "code": 0.5})])
+    with pytest.raises(ValueError, match="batches_per_transfer must be a positive integer or None, got 0"):
+        MixtureDataLoader(MixtureDataset(path, no_math, SEQ, seed=0), batches_per_transfer=0)
     with pytest.raises(ValueError, match="seq_len must be a positive integer, got 0"):
         MixtureDataset(path, no_math, 0, seed=0)
     with pytest.raises(ValueError, match="tokenizer fingerprint"):

@@ -75,9 +75,8 @@ def _words(texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
         new_run = np.ones(script.size, dtype=bool)
         new_run[1:] = np.diff(script) != 1
         before = script[new_run] - 1
-        leads = (
-            (before < 0) | (cls[np.maximum(before, 0)] == SEPARATOR) | (cls[np.maximum(before, 0)] == ALONE)
-        )
+        prev = cls[np.maximum(before, 0)]
+        leads = (before < 0) | (prev == SEPARATOR) | (prev == ALONE)
         single = script[leads[np.cumsum(new_run) - 1]]
         after = single[single + 1 < n] + 1
         start[after] |= inside[after]

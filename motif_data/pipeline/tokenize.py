@@ -32,8 +32,6 @@ def _check_base(directory: Path) -> None:
     from motif_data.tokenizer.vocab import BASE_RANKS
 
     ranks = directory / RANKS_FILE
-    if not ranks.is_file():
-        raise FileNotFoundError(f"{ranks} not found: is {directory} a tokenizer directory?")
     with ranks.open("rb") as f:
         digest = hashlib.sha256(b"".join(itertools.islice(f, BASE_RANKS))).hexdigest()
     if digest != O200K_SHA256:
@@ -49,8 +47,9 @@ def load_tokenizer(path: str | os.PathLike | None) -> tiktoken.Encoding:
     if path is not None and Path(path).is_dir():
         from motif_data.tokenizer import load
 
+        enc = load(path)  # names a missing rank file itself
         _check_base(Path(path))
-        return load(path)
+        return enc
     from motif_data.tokenizer import load_base
 
     return load_base(path)

@@ -17,11 +17,11 @@ which `position_ids` (and ``cu_seqlens``, its first row) come, on whatever devic
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Iterator, Mapping
 
 import numpy as np
@@ -38,12 +38,15 @@ from motif_data.trainer_hook.state import StreamState
 
 __all__ = ["MixtureDataset", "MixtureDataLoader", "DomainExhaustedError", "position_ids"]
 
-_LOOKAHEAD = 2048  # sequences located per sampler call
+_LOOKAHEAD = 16384  # sequences located per sampler call, at most
 _POLICIES = ("repeat", "error")
 # Tokens per worker hand-over: a DataLoader worker hands a tensor over through one shared-memory segment
 # and a file descriptor, ~1 ms on a 2-core VM whatever its size, so batches travel many to a buffer.
 _TRANSFER_TOKENS = 1 << 22
 _INT32_MAX = 2**31 - 1
+# Buffers kept for reuse per process: in flight to the main process (the DataLoader prefetches 2 a worker),
+# viewed by the batches being consumed, and being filled.
+_POOL = 6
 
 
 class DomainExhaustedError(RuntimeError):
@@ -58,7 +61,6 @@ class _DomainData:
         self.manifest = manifest
         self.shards = info.shards
         self.starts = np.concatenate([[0], np.cumsum([s.tokens for s in info.shards], dtype=np.int64)])
-        self.starts_list = self.starts.tolist()
         self.sequences = packed_sequences(int(self.starts[-1]), seq_len)
         self.readers: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -75,35 +77,17 @@ class _DomainData:
             r = self.readers[i] = (shard.tokens.view(np.ndarray), shard.offsets.view(np.ndarray))
         return r
 
-    def fill(
-        self, start: int, length: int, base: int, docs: list[int], cuts: list[int], pieces: list[np.ndarray]
-    ) -> None:
-        """Append tokens ``[start, start + length)`` of the domain stream to ``pieces`` as views of the shards
-        (copied once, where the caller knows its buffer's size) and, per document part in them, the flat
-        index where the document starts (``docs``; before ``base``, the window's first index, if it began
-        earlier) and where its part starts (``cuts``)."""
-        i = bisect.bisect_right(self.starts_list, start) - 1
-        off = start - self.starts_list[i]
-        done = 0
-        while done < length:  # more than one pass only for a window crossing into the next shard
-            tokens, offsets = self.reader(i)
-            n = min(length - done, len(tokens) - off)
-            pieces.append(tokens[off : off + n])
-            # uint64 search keys: a Python int against the uint64 index would convert the whole index.
-            first = int(offsets.searchsorted(np.uint64(off), side="right")) - 1
-            last = int(offsets.searchsorted(np.uint64(off + n), side="left"))
-            shift = base + done - off
-            flat = [d + shift for d in offsets[first:last].tolist()]
-            docs.extend(flat)
-            flat[0] = base + done
-            cuts.extend(flat)
-            done, i, off = done + n, i + 1, 0
+    def shards_of(self, starts: np.ndarray, span: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For windows of ``span`` tokens at domain-stream offsets ``starts``: the shard each begins in, the
+        offset in it, and the tokens it holds from there (``< span`` where a window crosses into the next)."""
+        shard = np.searchsorted(self.starts, starts, side="right") - 1
+        off = starts - self.starts[shard]
+        return shard, off, np.minimum(self.starts[shard + 1] - starts, span)
 
 
-def _positions(docs: list[int], cuts: list[int], out: np.ndarray, arange: np.ndarray) -> None:
-    """``out[j]`` = j − start of j's document, for the flat (batch × span) rows whose parts ``fill`` listed."""
-    lengths = np.diff(np.array(cuts, dtype=np.int64), append=len(out))
-    np.subtract(arange[: len(out)], np.array(docs, dtype=np.int64).repeat(lengths), out=out)
+def _positions(docs: np.ndarray, cuts: np.ndarray, out: np.ndarray, arange: np.ndarray) -> None:
+    """``out[j]`` = j − start of j's document, for the flat (rows × span) tokens whose parts `_locate` listed."""
+    np.subtract(arange[: len(out)], docs.repeat(np.diff(cuts, append=len(out))), out=out)
 
 
 def _resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -293,23 +277,48 @@ class MixtureDataset(IterableDataset):
             epoch[sel], window[sel] = e, w
         return epoch, window
 
-    def _locate_rows(
-        self, dom: list[int], window: list[int]
-    ) -> tuple[list[int], list[int], list[np.ndarray]]:
-        """(docs, cuts, pieces) of `_DomainData.fill` for rows of the given (domain, window) pairs."""
+    def _locate(self, dom: np.ndarray, window: np.ndarray) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+        """Rows for the given (domain, window) pairs: their tokens as views of the shards (copied once, where
+        the caller knows its buffer), and per document part in them, the flat (rows × span) index where its
+        document starts (``docs``; before the row's start if the document began earlier) and where the part
+        starts (``cuts``). Shards are found for all rows at once; what stays per row is the slicing."""
         span = self.seq_len + 1
-        docs: list[int] = []
-        cuts: list[int] = []
+        shard, off, n = np.empty_like(window), np.empty_like(window), np.empty_like(window)
+        for d in np.unique(dom).tolist():
+            sel = dom == d
+            shard[sel], off[sel], n[sel] = self.domains[d].shards_of(window[sel] * span, span)
+        # Per part, search keys for its first and last token (uint64, the index's dtype: a Python int
+        # against a uint64 index would convert the whole index).
+        keys = np.stack([off, off + n - 1], axis=1).astype(np.uint64)
         pieces: list[np.ndarray] = []
-        for i, (d, w) in enumerate(zip(dom, window, strict=True)):
-            self.domains[d].fill(w * span, span, i * span, docs, cuts, pieces)
-        return docs, cuts, pieces
+        parts: list[np.ndarray] = []
+        bases: list[int] = []  # flat index of each shard piece's first token
+        shifts: list[int] = []  # flat index minus shard offset, per piece
+        for r, (d, s, o, m) in enumerate(
+            zip(dom.tolist(), shard.tolist(), off.tolist(), n.tolist(), strict=True)
+        ):
+            data, key, base = self.domains[d], keys[r], r * span
+            while True:  # more than one pass only for a window crossing into the next shard
+                tokens, offsets = data.reader(s)
+                pieces.append(tokens[o : o + m])
+                first, last = offsets.searchsorted(key, side="right").tolist()  # unpacking numpy: 3x slower
+                parts.append(offsets[first - 1 : last])
+                bases.append(base)
+                shifts.append(base - o)
+                base += m
+                if base == (r + 1) * span:
+                    break
+                s, o, m = s + 1, 0, min((r + 1) * span - base, len(data.reader(s + 1)[0]))
+                key = np.array([0, m - 1], dtype=np.uint64)
+        counts = [len(p) for p in parts]
+        docs = np.concatenate(parts).astype(np.int64) + np.repeat(shifts, counts)
+        return pieces, docs, np.maximum(docs, np.repeat(bases, counts))
 
     def _fill_rows(
-        self, dom: list[int], window: list[int], tokens: np.ndarray, positions: np.ndarray
+        self, dom: np.ndarray, window: np.ndarray, tokens: np.ndarray, positions: np.ndarray
     ) -> None:
         """Rows of ``tokens`` / ``positions`` (int64, shape ``(n, span)``) for the given (domain, window) pairs."""
-        docs, cuts, pieces = self._locate_rows(dom, window)
+        pieces, docs, cuts = self._locate(dom, window)
         np.concatenate(pieces, out=tokens.reshape(-1))
         _positions(docs, cuts, positions.reshape(-1), self._arange)
 
@@ -317,7 +326,7 @@ class MixtureDataset(IterableDataset):
         """The item for packed window ``window`` of domain ``domain``."""
         tokens = np.empty((1, self.seq_len + 1), dtype=np.int64)
         positions = np.empty((1, self.seq_len + 1), dtype=np.int64)
-        self._fill_rows([domain], [window], tokens, positions)
+        self._fill_rows(np.array([domain]), np.array([window]), tokens, positions)
         return _item(tokens[0], domain, positions[0])
 
     def items(self, start: int, stop: int) -> Iterator[dict[str, torch.Tensor]]:
@@ -348,15 +357,20 @@ class MixtureDataset(IterableDataset):
         return worker, workers, st.position, st.chunk, st.item
 
     def _chunks(self, first: int, offset: int, stride: int, run: int) -> Iterator[np.ndarray]:
-        """Blocks of this process's chunk indices ``first + (offset + stride·t)·run + j`` (t = 0, 1, …, j < run),
-        ascending, ~_LOOKAHEAD sequences a block: ``run`` consecutive chunks, then ``stride - 1`` groups of
-        them for the other workers."""
-        per = max(1, _LOOKAHEAD // (self.batch_size * run))
-        t = 0
+        """Blocks of this process's chunk indices, ascending. From ``first`` on, the chunks fall into groups
+        of consecutive chunks, of 1, 2, 4, … and then ``run`` chunks (the ramp lets the first batch come
+        quickly); this process takes groups ``offset + stride·t``. A block holds one group of the ramp, then
+        doubling numbers of groups up to ~_LOOKAHEAD sequences (locating costs less the more at once)."""
+        ramp = (run - 1).bit_length()
+        g = offset
+        while g < ramp:
+            yield first + (1 << g) - 1 + np.arange(1 << g, dtype=np.int64)
+            g += stride
+        per, most = 1, max(1, _LOOKAHEAD // (self.batch_size * run))
         while True:
-            groups = offset + stride * np.arange(t, t + per, dtype=np.int64)
-            yield (first + groups[:, None] * run + np.arange(run)).ravel()
-            t += per
+            groups = g + stride * np.arange(per, dtype=np.int64)
+            yield (first + (1 << ramp) - 1 + (groups[:, None] - ramp) * run + np.arange(run)).ravel()
+            g, per = g + stride * per, min(2 * per, most)
 
     def _runs(
         self, position: int, blocks: Iterator[np.ndarray]
@@ -392,7 +406,7 @@ class MixtureDataset(IterableDataset):
             # Filled a run at a time (cheaper than one by one); each item is a row view of the run.
             n = len(dom) - item
             tokens, positions = np.empty((n, span), dtype=np.int64), np.empty((n, span), dtype=np.int64)
-            self._fill_rows(dom[item:].tolist(), window[item:].tolist(), tokens, positions)
+            self._fill_rows(dom[item:], window[item:], tokens, positions)
             for i, d in enumerate(dom[item:].tolist()):
                 item += 1
                 nxt, it = (chunk + workers, 0) if item == b else (chunk, item)
@@ -424,47 +438,61 @@ class MixtureDataset(IterableDataset):
         return max(1, _TRANSFER_TOKENS // (self.batch_size * (self.seq_len + 1)))
 
     def _transfers(
-        self, position: int, first: int, worker: int, workers: int, runs: int
+        self, position: int, first: int, worker: int, workers: int, runs: int, free: np.ndarray | None = None
     ) -> Iterator[torch.Tensor]:
-        """This worker's share of the stream, as one int32 buffer (`_pack`) per group of ``runs`` consecutive
-        runs; the groups go to the workers round-robin, the order in which the DataLoader collects them."""
+        """This worker's share of the stream, as one int32 buffer (`_pack`) per group of `_chunks` (up to
+        ``runs`` consecutive runs); the groups go to the workers round-robin, the order in which the
+        DataLoader collects them. ``free``: MixtureDataLoader's flags of the workers' shared-memory slots."""
+        ramp, g = (runs - 1).bit_length(), worker
         group: list[tuple[np.ndarray, np.ndarray]] = []
+        pool: list = []
+        slots = None if free is None else (free[worker * _POOL : (worker + 1) * _POOL], worker * _POOL)
         for _, dom, window in self._runs(position, self._chunks(first, worker, workers, runs)):
             group.append((dom, window))
-            if len(group) == runs:
-                yield self._pack(group)
-                group = []
+            if len(group) == (1 << g if g < ramp else runs):
+                yield self._pack(group, pool, slots)
+                group, g = [], g + workers
         if group:  # max_sequences cut the last group short
-            yield self._pack(group)
+            yield self._pack(group, pool, slots)
 
-    def _pack(self, runs: list[tuple[np.ndarray, np.ndarray]]) -> torch.Tensor:
+    def _pack(
+        self, runs: list[tuple[np.ndarray, np.ndarray]], pool: list, slots: tuple[np.ndarray, int] | None
+    ) -> torch.Tensor:
         """One int32 buffer holding the batches of ``runs``: a header (number of batches; rows and document
-        parts of each, padded to an even length), the domains as int64, the tokens, then each batch's
-        ``documents`` (2 × (parts + 1)). One tensor, so a worker hands it over in one step."""
+        parts of each; the shared-memory slot it occupies, 0 if none), the domains as int64, the tokens, then
+        each batch's ``documents`` (2 × (parts + 1)). One tensor, so a worker hands it over in one step. Its
+        memory comes from ``pool``: reused arrays in the main process (`_reuse`), reused shared-memory slots
+        in a worker, as the main process frees them in ``slots`` (flags, first slot's number; `_reuse_shared`)."""
         span = self.seq_len + 1
-        rows = [len(dom) for dom, _ in runs]
-        located = [self._locate_rows(dom.tolist(), window.tolist()) for dom, window in runs]
-        parts = [len(cuts) for _, cuts, _ in located]
-        n, total_rows = len(runs), sum(rows)
+        dom = np.concatenate([d for d, _ in runs])
+        pieces, docs, cuts = self._locate(dom, np.concatenate([w for _, w in runs]))
+        rows = np.array([len(d) for d, _ in runs])
+        ends = np.cumsum(rows) * span  # flat index where each batch ends
+        part_ends = np.searchsorted(cuts, ends).tolist()  # rows start parts: batches split the parts
+        parts = np.diff(part_ends, prepend=0)
+        n, total_rows = len(runs), len(dom)
         head = 2 * n + 2
-        size = head + 2 * total_rows + total_rows * span + 2 * (sum(parts) + n)
-        buffer = torch.empty(size, dtype=torch.int32)
-        if get_worker_info() is not None:
-            # Made shared before filling: the DataLoader would otherwise copy the buffer into shared memory
-            # to hand it to the main process.
-            buffer.share_memory_()
+        size = head + 2 * total_rows + total_rows * span + 2 * (len(cuts) + n)
+        slot = 0
+        if slots is not None:
+            buffer, k = _reuse_shared(pool, slots[0], size)
+            slot = slots[1] + k if k else 0
+        else:
+            buffer = torch.from_numpy(_reuse(pool, size))
         flat = buffer.numpy()
-        flat[0], flat[1 : n + 1], flat[n + 1 : 2 * n + 1], flat[2 * n + 1] = n, rows, parts, 0
-        flat[head : head + 2 * total_rows].view(np.int64)[:] = np.concatenate([dom for dom, _ in runs])
+        flat[0], flat[1 : n + 1], flat[n + 1 : 2 * n + 1], flat[2 * n + 1] = n, rows, parts, slot
+        flat[head : head + 2 * total_rows].view(np.int64)[:] = dom
         at = head + 2 * total_rows
-        np.concatenate([p for _, _, pieces in located for p in pieces],
-                       out=flat[at : at + total_rows * span].view(TOKEN_DTYPE))  # fmt: skip
+        np.concatenate(pieces, out=flat[at : at + total_rows * span].view(TOKEN_DTYPE))
         at += total_rows * span
-        for (docs, cuts, _), p, r in zip(located, parts, rows, strict=True):
+        lo, start = 0, 0  # parts and flat index before this batch
+        for hi, r in zip(part_ends, rows.tolist(), strict=True):
+            p = hi - lo
             documents = flat[at : at + 2 * (p + 1)].reshape(2, p + 1)
-            documents[0, :p], documents[0, p] = cuts, r * span
-            documents[1, :p], documents[1, p] = np.subtract(cuts, docs), 0
-            at += 2 * (p + 1)
+            np.subtract(cuts[lo:hi], start, out=documents[0, :p])
+            np.subtract(cuts[lo:hi], docs[lo:hi], out=documents[1, :p])
+            documents[0, p], documents[1, p] = r * span, 0
+            at, lo, start = at + 2 * (p + 1), hi, start + r * span
         return buffer
 
     def _unpack(self, buffer: torch.Tensor) -> Iterator[dict[str, torch.Tensor]]:
@@ -474,16 +502,12 @@ class MixtureDataset(IterableDataset):
         counts = buffer[1 : 2 * n + 1].tolist()
         rows, parts = counts[:n], counts[n:]
         head, total_rows = 2 * n + 2, sum(rows)
-        domains = buffer[head : head + 2 * total_rows].view(torch.int64)
-        tokens = buffer[head + 2 * total_rows : head + 2 * total_rows + total_rows * span]
-        at, row = head + 2 * total_rows + total_rows * span, 0
-        for r, p in zip(rows, parts, strict=True):
-            yield {
-                "input_ids": tokens[row * span : (row + r) * span].view(r, span),
-                "domain": domains[row : row + r],
-                "documents": buffer[at : at + 2 * (p + 1)].view(2, p + 1),
-            }
-            row, at = row + r, at + 2 * (p + 1)
+        at = head + 2 * total_rows + total_rows * span
+        ids = buffer[head + 2 * total_rows : at].view(total_rows, span).split(rows)
+        domains = buffer[head : head + 2 * total_rows].view(torch.int64).split(rows)
+        documents = buffer[at:].split([2 * (p + 1) for p in parts])
+        for i, d, m in zip(ids, domains, documents, strict=True):
+            yield {"input_ids": i, "domain": d, "documents": m.view(2, -1)}
 
     def _advance(self, position: int, chunk: int, item: int, worker: int, workers: int) -> None:
         self._cursor = dataclasses.replace(self._cursor, position=position, chunk=chunk, item=item,
@@ -530,6 +554,52 @@ class MixtureDataset(IterableDataset):
         return dataclasses.replace(state, world_size=self.world_size, batch_size=self.batch_size)
 
 
+def _reuse(pool: list[np.ndarray], size: int) -> np.ndarray:
+    """``size`` int32 of memory: an array of ``pool`` that nothing references any more (every batch viewing
+    it is gone), else a new one, kept in the pool. Filling fresh memory costs twice as much as copying into
+    reused memory here (page faults and zeroing by the kernel), and glibc maps every buffer of this size
+    afresh."""
+    spare = len(pool) if len(pool) < _POOL else None
+    for i in range(len(pool)):
+        if sys.getrefcount(pool[i]) == 2:  # the pool's reference and getrefcount's argument: free
+            if len(pool[i]) >= size:
+                return pool[i][:size]
+            spare = i  # too small (the first groups are): replaced
+    a = np.empty(size + size // 16, dtype=np.int32)  # room for a group with more document parts
+    if spare is not None:
+        pool[spare : spare + 1] = [a]
+    return a[:size]
+
+
+def _reuse_shared(pool: list[torch.Tensor], free: np.ndarray, size: int) -> tuple[torch.Tensor, int]:
+    """``size`` int32 of shared memory for a worker's hand-over, and its slot (1-based; 0: not pooled): one
+    of ``pool`` whose flag in ``free`` the main process has set back to 0, else a new one. Fresh shared
+    memory costs ~3 µs a 4 KiB page here (the kernel allocates, zeroes and maps it), several times the
+    copying into it; a worker cannot know by itself when the main process is done with a buffer."""
+    spare = len(pool) if len(pool) < _POOL else None
+    for k in range(len(pool)):
+        if not free[k]:
+            if len(pool[k]) >= size:
+                free[k] = 1
+                return pool[k][:size], k + 1
+            spare = k
+    # Allocated shared: the DataLoader would otherwise copy the buffer into shared memory to hand it over.
+    buffer = torch.empty(size + size // 16, dtype=torch.int32).share_memory_()
+    if spare is None:
+        return buffer[:size], 0
+    pool[spare : spare + 1] = [buffer]
+    free[spare] = 1
+    return buffer[:size], spare + 1
+
+
+def _release(held: list[tuple[np.ndarray, int]], flags: np.ndarray) -> None:
+    """Set free the slots of the ``held`` buffers that no batch views any more, and drop them from the list."""
+    for i in reversed(range(len(held))):
+        if sys.getrefcount(held[i][0]) == 2:  # the list's tuple and getrefcount's argument: no batch left
+            flags[held[i][1] - 1] = 0
+            del held[i]
+
+
 def _item(tokens, domain, positions) -> dict[str, torch.Tensor]:
     """One item (1-D tokens, a domain index) or one batch (2-D, a domain per row) as the loaders yield it."""
     as_tensor = torch.from_numpy if isinstance(tokens, np.ndarray) else torch.as_tensor
@@ -553,15 +623,17 @@ def position_ids(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
 class _Transfers(IterableDataset):
     """A worker's share of the dataset's `_pack` buffers: what the DataLoader moves between processes."""
 
-    def __init__(self, dataset: MixtureDataset, runs: int):
+    def __init__(self, dataset: MixtureDataset, runs: int, free: torch.Tensor):
         super().__init__()
-        self.dataset, self.runs = dataset, runs
+        self.dataset, self.runs, self.free = dataset, runs, free
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         info = get_worker_info()
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
         # MixtureDataLoader loads a batch-boundary state before each iteration: position alone.
-        return self.dataset._transfers(self.dataset.stream_state().position, 0, worker, workers, self.runs)
+        position = self.dataset.stream_state().position
+        free = None if info is None else self.free.numpy()
+        return self.dataset._transfers(position, 0, worker, workers, self.runs, free)
 
 
 class MixtureDataLoader:
@@ -601,12 +673,28 @@ class MixtureDataLoader:
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         self.dataset.load_state_dict(self.state_dict())
-        transfers = _Transfers(self.dataset, self.batches_per_transfer)
+        # Per worker shared-memory slot: 1 while its buffer is handed over or viewed by batches, set back to
+        # 0 here once no batch of it is left, so that the worker refills it instead of fresh memory.
+        free = torch.zeros(max(1, self.num_workers) * _POOL, dtype=torch.int32).share_memory_()
+        flags = free.numpy()
+        transfers = _Transfers(self.dataset, self.batches_per_transfer, free)
         loader = DataLoader(transfers, batch_size=None, num_workers=self.num_workers, **self.kwargs)
+        held: list[tuple[np.ndarray, int]] = []  # buffers in slots, as the arrays that their batches view
         for buffer in loader:  # unpacked here, after pin_memory: the batches are views of the pinned buffer
-            for batch in self.dataset._unpack(buffer):
-                self._position += self.dataset.global_batch
-                yield batch
+            _release(held, flags)
+            array = buffer.numpy()
+            slot = int(array[2 * int(array[0]) + 1])
+            if slot and not buffer.is_shared():  # pin_memory copied the slot out: it is free already
+                flags[slot - 1] = 0
+            elif slot:
+                held.append((array, slot))
+            yield from self._batches(torch.from_numpy(array))
+            del array  # what is left referencing it: its batches, and the held list
+
+    def _batches(self, buffer: torch.Tensor) -> Iterator[dict[str, torch.Tensor]]:
+        for batch in self.dataset._unpack(buffer):
+            self._position += self.dataset.global_batch
+            yield batch
 
     def state_dict(self) -> dict:
         return self.dataset.stream_state().at(self._position).to_dict()

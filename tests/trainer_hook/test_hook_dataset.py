@@ -116,6 +116,31 @@ def test_ranks_and_workers_see_every_global_index_exactly_once_in_order(small_bu
         assert got == reference, (world, workers, per_transfer)
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batches_a_trainer_keeps_stay_intact_while_the_loader_reuses_its_buffers(small_build, workers):
+    manifest, _ = small_build
+    limit, batch = 600, 3
+    reference = [_key(x) for x in MixtureDataset(manifest, SCHED, SEQ, seed=7).items(0, limit)]
+    ds = MixtureDataset(manifest, SCHED, SEQ, seed=7, batch_size=batch, max_sequences=limit)
+    kept = {}
+    # Kept for good: every 7th batch; for two more steps: all of them (as a trainer's prefetch would).
+    recent = []
+    for step, b in enumerate(MixtureDataLoader(ds, num_workers=workers, batches_per_transfer=2)):
+        if step % 7 == 0:
+            kept[step] = b
+        recent = [*recent[-2:], (step, b)]
+        for s, r in recent:  # the batches still held must not have been overwritten by a refill
+            assert _keys(r) == reference[s * batch : (s + 1) * batch], (workers, step, s)
+    assert len(kept) > 20
+    for step, b in kept.items():
+        assert _keys(b) == reference[step * batch : (step + 1) * batch], (workers, step)
+
+
+def _keys(batch) -> list[bytes]:
+    ids, pos = batch["input_ids"].long(), position_ids(batch)
+    return [ids[i].numpy().tobytes() + pos[i].numpy().tobytes() for i in range(len(batch["domain"]))]
+
+
 def test_resume_is_bitwise_with_other_workers_and_world_sizes(small_build):
     manifest, _ = small_build
     limit = 144

@@ -1,6 +1,6 @@
 """Speed (and memory) of motif_data.kernels against their baselines, every figure measured in this run.
 
-Run on a GPU machine:  PYTHONPATH=. python benchmarks/bench_kernels.py [--only polynorm,diff_attn,linear_ce]
+Run on a GPU machine:  PYTHONPATH=. python benchmarks/bench_kernels.py [--only polynorm,diff_attn,gda,linear_ce]
 Needs liger-kernel and cut-cross-entropy for their columns (pip install -e .[gpu]).
 """
 
@@ -19,12 +19,13 @@ from motif_data.kernels import (
     _device,
     diff_attention,
     diff_attn,
+    grouped_diff_attention,
     linear_cross_entropy,
     poly_norm,
     poly_norm_mul,
     polynorm,
 )
-from motif_data.kernels.diff_attn import reference_diff_attention
+from motif_data.kernels.diff_attn import reference_diff_attention, reference_grouped_diff_attention
 from motif_data.kernels.linear_ce import default_backend
 from motif_data.kernels.polynorm import reference_poly_norm
 
@@ -204,6 +205,67 @@ def diff_attn_table(batch: int, seq: int, heads: int, d: int, dv: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
+def gda_table(batch: int, seq: int, signal: int, noise: int, pairs: int, d: int) -> None:
+    """Grouped differential attention at Motif-2-12.7B's head shape: ours, the SDPA reference (the noise map
+    recomputed for each of its r heads) and our differential-attention kernel on the same heads with the noise
+    maps repeated — GDA done as r separate differential-attention calls."""
+    dtype, dv, ratio = torch.bfloat16, 2 * d, signal // noise
+    g = torch.Generator(device="cuda").manual_seed(0)
+
+    def rand(h, width):
+        return torch.randn(batch, h, seq, width, device="cuda", dtype=dtype, generator=g)
+
+    q_s, k_s, q_n, k_n, v = rand(signal, d), rand(pairs, d), rand(noise, d), rand(pairs, d), rand(pairs, dv)
+    lam = torch.tensor(0.6, device="cuda")
+    # The r-separate-calls anchor's inputs: per signal head, its maps interleaved (2h, 2h + 1) and its value.
+    rep = signal // pairs
+    q_int = torch.stack((q_s, q_n.repeat_interleave(ratio, 1)), 2).flatten(1, 2)
+    k_int = torch.stack(
+        (k_s.repeat_interleave(rep, 1), k_n.repeat_interleave(signal // pairs, 1)), 2
+    ).flatten(1, 2)
+    v_rep = v.repeat_interleave(rep, 1)
+    # Useful causal FLOPs: every signal map and each noise map once, QKᵀ and PV each, halved by the mask.
+    fwd_flops = 2 * batch * (signal + noise) * (seq * seq * (d + dv))
+    fb_flops = 3.5 * fwd_flops
+    emit(f"\ngrouped_diff_attention B={batch} S={seq} {signal} signal heads, {noise} noise maps (r={ratio}), "
+         f"{pairs} K/V pairs, D={d} Dv={dv} bf16 causal")  # fmt: skip
+    emit(f"{'variant':36s} {'fwd ms':>8s} {'TFLOP/s':>8s} {'fwd+bwd ms':>11s} {'TFLOP/s':>8s}")
+    variants = {
+        "ours (Triton, grouped)": (grouped_diff_attention, (q_s, k_s, q_n, k_n, v)),
+        "SDPA reference (anchor)": (reference_grouped_diff_attention, (q_s, k_s, q_n, k_n, v)),
+        f"{ratio} separate diff_attention calls": (diff_attention, (q_int, k_int, v_rep)),
+    }
+    results = {}
+    for name, (fn, tensors) in variants.items():
+        with torch.no_grad():
+            fwd_ms = bench_ms(lambda fn=fn, t=tensors: fn(*t, lam), warmup=25, rep=200)
+        grads = [t.detach().clone().requires_grad_() for t in tensors]
+        lg = lam.detach().clone().requires_grad_()
+        dout = torch.randn(batch, signal, seq, dv, device="cuda", dtype=dtype)
+
+        def fwd_bwd(fn=fn, grads=grads, lg=lg, dout=dout):
+            torch.autograd.grad(fn(*grads, lg), (*grads, lg), dout)
+
+        fb_ms = bench_ms(fwd_bwd, warmup=25, rep=200)
+        results[name] = (fwd_ms, fb_ms)
+        emit(
+            f"{name:36s} {fwd_ms:8.3f} {fwd_flops / fwd_ms / 1e9:8.1f} {fb_ms:11.3f} {fb_flops / fb_ms / 1e9:8.1f}"
+        )
+    (of, ofb), (rf, rfb) = results["ours (Triton, grouped)"], results["SDPA reference (anchor)"]
+    sf, sfb = results[f"{ratio} separate diff_attention calls"]
+    emit(f"speed-up over the SDPA reference: fwd {rf / of:.2f}x, fwd+bwd {rfb / ofb:.2f}x (goal ≥ 1.2x); "
+         f"over {ratio} separate calls: fwd {sf / of:.2f}x, fwd+bwd {sfb / ofb:.2f}x (goal > 1x)")  # fmt: skip
+    for kernel in ("_FWD", "_MAP_BWD_KV", "_MAP_BWD_Q"):
+        emit(f"  autotuned {kernel}: {_device.tuned(getattr(diff_attn, kernel), v.device).best_config}")
+    sl = slice(0, 1)
+    with torch.no_grad():
+        inputs = [t[sl] for t in (q_s, k_s, q_n, k_n, v)]
+        want = reference_grouped_diff_attention(*[t.float() for t in inputs], lam)
+        emit(f"check: rel. error vs fp32 reference  ours {rel_err(grouped_diff_attention(*inputs, lam), want):.2e}"
+             f"  SDPA bf16 {rel_err(reference_grouped_diff_attention(*inputs, lam), want):.2e}")  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------
 def linear_ce_table(n: int, d: int, vocab: int) -> None:
     dtype = torch.bfloat16
     hidden = (torch.randn(n, d, device="cuda") / d**0.25).to(dtype).requires_grad_()
@@ -263,7 +325,7 @@ def linear_ce_table(n: int, d: int, vocab: int) -> None:
 # ---------------------------------------------------------------------------------------------------------
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--only", default="polynorm,diff_attn,linear_ce", help="comma-separated sections")
+    parser.add_argument("--only", default="polynorm,diff_attn,gda,linear_ce", help="comma-separated sections")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("bench_kernels.py needs a GPU (CUDA or ROCm)", file=sys.stderr)
@@ -280,6 +342,8 @@ def main() -> int:
     if "diff_attn" in sections:
         diff_attn_table(4, 4096, 8, 128, 256)
         diff_attn_table(1, 16384, 8, 128, 256)
+    if "gda" in sections:
+        gda_table(2, 4096, 32, 8, 8, 128)  # Motif-2-12.7B: 32 signal heads, 8 noise maps, 8 K/V pairs
     if "linear_ce" in sections:
         linear_ce_table(8192, 2048, 219520)
     print("\n===== summary =====")

@@ -16,6 +16,7 @@ _HOME = {
     "PolyNorm": "polynorm",
     "PolyNormGatedMLP": "polynorm",
     "diff_attention": "diff_attn",
+    "grouped_diff_attention": "diff_attn",
     "DifferentialAttention": "diff_attn",
     "lambda_init": "diff_attn",
     "linear_cross_entropy": "linear_ce",

@@ -145,7 +145,7 @@ def _meta(*shape, dtype=torch.bfloat16, grad=False):
 
 
 def _run_ops() -> None:
-    from motif_data.kernels.diff_attn import diff_attention
+    from motif_data.kernels.diff_attn import diff_attention, grouped_diff_attention
     from motif_data.kernels.linear_ce import linear_cross_entropy
     from motif_data.kernels.polynorm import poly_norm, poly_norm_mul
 
@@ -158,6 +158,15 @@ def _run_ops() -> None:
         )
         v = _meta(1, heads, ATTENTION_SEQ, dv, grad=True)
         out = diff_attention(q, k, v, _meta(dtype=torch.float32, grad=True))
+        out.backward(torch.empty_like(out))
+        # Grouped (Motif-2-12.7B's 4:1, the K/V pairs shared by whole groups): one noise map per group.
+        yield "grouped_diff_attention", f"D={d} Dv={dv} S={ATTENTION_SEQ} r=4 bf16 causal"
+        signal, noise, pairs = heads, heads // 4, heads // 4
+        tensors = [
+            _meta(1, n, ATTENTION_SEQ, width, grad=True)
+            for n, width in ((signal, d), (pairs, d), (noise, d), (pairs, d), (pairs, dv))
+        ]
+        out = grouped_diff_attention(*tensors, _meta(dtype=torch.float32, grad=True))
         out.backward(torch.empty_like(out))
     for n in POLYNORM_WIDTHS:
         w, b = _meta(3, dtype=torch.float32, grad=True), _meta(1, dtype=torch.float32, grad=True)

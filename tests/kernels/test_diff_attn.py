@@ -28,7 +28,7 @@ def _run_triton_and_reference(shape, dtype, causal, device, sm_scale=None):
     b, h, s, d, dv = shape
     q, k, v, lam = _inputs(b, h, s, d, dv, dtype, device)
     scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(d)
-    out = diff_attn._DiffAttnFn.apply(q, k, v, lam, causal, scale)
+    out, _ = diff_attn._DiffAttnFn.apply(q, k, v, lam, causal, scale, False)
     dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(device, dtype)
     got = torch.autograd.grad(out, (q, k, v, lam), dout)
     ref_in = [t.detach().double().cpu().requires_grad_() for t in (q, k, v, lam)]
@@ -56,7 +56,7 @@ def test_model_layouts_output_needs_no_copy_and_strided_grads_are_read(device, r
     q, k, _, lam = _inputs(b, h, s, d, dv, torch.float32, device)
     v_bshd = torch.randn(b, s, h, dv, generator=torch.Generator().manual_seed(2)).to(device)
     v = v_bshd.requires_grad_().transpose(1, 2)
-    out = diff_attn._DiffAttnFn.apply(q, k, v, lam, True, 1.0 / math.sqrt(d))
+    out, _ = diff_attn._DiffAttnFn.apply(q, k, v, lam, True, 1.0 / math.sqrt(d), False)
     assert out.transpose(1, 2).is_contiguous()
     dout = torch.randn(b, s, h, dv, generator=torch.Generator().manual_seed(3)).to(device).transpose(1, 2)
     got = torch.autograd.grad(out, (q, k, v_bshd, lam), dout)

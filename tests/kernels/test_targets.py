@@ -148,12 +148,15 @@ def test_the_check_sees_every_kernel_the_ops_launch_forward_and_backward():
     names = {check.kernel_name(x.kernel) for x in check.launches(TARGETS["gfx942"])}
     assert names == {
         "_diff_attn_fwd_kernel", "_diff_attn_bwd_delta_kernel", "_diff_attn_bwd_kv_kernel",
-        "_diff_attn_bwd_q_kernel", "_poly_norm_fwd", "_poly_norm_bwd", "_softmax_minus_onehot_kernel",
+        "_diff_attn_bwd_q_kernel", "_grouped_bwd_delta_kernel", "_map_bwd_kv_kernel", "_map_bwd_q_kernel",
+        "_poly_norm_fwd", "_poly_norm_bwd", "_softmax_minus_onehot_kernel",
     }  # fmt: skip
     attention = [x for x in check.launches(TARGETS["gfx90a"]) if x.op == "diff_attention"]
     assert {x.kwargs["PREC"] for x in attention if "PREC" in x.kwargs} == {"ieee"}
     assert {x.kwargs.get("PART") for x in attention} >= {"dk", "dv"}
-    assert {x.kwargs.get("MAP") for x in attention} >= {0, 1}
+    assert {x.kwargs.get("SIGNAL") for x in attention} >= {False, True}
+    grouped = [x for x in check.launches(TARGETS["gfx90a"]) if x.op == "grouped_diff_attention"]
+    assert {x.kwargs.get("ADD_NOISE") for x in grouped} >= {False, True}
 
 
 def test_unknown_targets_fail_naming_the_known_ones():

@@ -1,7 +1,7 @@
 """Training-step speed of a preset with our kernels against the pure-PyTorch references, in one run.
 
-Runs the real loop (``motif_data.train.loop.train``: mixture loader, AdamW, bf16 autocast on GPU) for a few
-steps per variant on the same corpus and prints step time, tokens/s, MFU and peak memory. The reference
+Runs the real loop (``motif_data.train.loop.train``: mixture loader, AdamW or Muon, bf16 autocast on GPU) for
+a few steps per variant on the same corpus and prints step time, tokens/s, MFU and peak memory. The reference
 variant is the anchor: two SDPA calls per differential layer, eager PolyNorm ⊙ up, plain logits → CE.
 
     PYTHONPATH=. python benchmarks/bench_train.py --config configs/small.toml --corpus PATH/manifest.json
@@ -29,6 +29,8 @@ VARIANTS = {
     # The linear cross-entropy backends inside the compiled step (the default is one of them).
     "kernels + compile, cce CE": {"kernels": "auto", "compile": True, "loss_backend": "cce"},
     "kernels + compile, dense CE": {"kernels": "auto", "compile": True, "loss_backend": "dense"},
+    # Muon for the projection matrices (AdamW for the rest) and QK-clip at τ = 100: the optimizer's cost.
+    "kernels + compile, muon": {"kernels": "auto", "compile": True, "optimizer": "muon"},
 }
 DEFAULT_VARIANTS = list(VARIANTS)[:3]
 
@@ -36,7 +38,11 @@ DEFAULT_VARIANTS = list(VARIANTS)[:3]
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, default=Path("configs/small.toml"))
-    parser.add_argument("--corpus", type=Path, required=True, help="manifest.json of a built corpus")
+    parser.add_argument(
+        "--corpus", required=True,
+        help="manifest.json of a built corpus, or 'random': random tokens over the model's vocabulary in our "
+        "shard format, written to a temporary folder (speed and MFU only: the loss does not fall)",
+    )  # fmt: skip
     parser.add_argument(
         "--steps", type=int, default=30, help="steps per variant (the first 10%% are warm-up)"
     )
@@ -55,9 +61,12 @@ def main() -> int:
     print(f"device: {device}; torch {torch.__version__}; python {platform.python_version()}")
     print(f"config: {args.config} ({base.preset}), {base.micro_batch}×{base.seq_len} tokens per micro-batch, "
           f"{args.steps} steps per variant")  # fmt: skip
+    corpus_dir = tempfile.TemporaryDirectory() if args.corpus == "random" else None
+    corpus = random_corpus(Path(corpus_dir.name), base) if corpus_dir else Path(args.corpus)
+    print(f"corpus: {'random tokens, ' if corpus_dir else ''}{corpus}")
     results = {}
     for name in args.variants:
-        results[name] = run_variant(name, base.replace(**VARIANTS[name]), args.corpus)
+        results[name] = run_variant(name, base.replace(**VARIANTS[name]), corpus)
     anchor = results.get("reference (anchor)")
     print()
     print(f"{'variant':30s} {'step ms':>9s} {'tokens/s':>12s} {'MFU':>7s} {'peak GiB':>9s} {'speed-up':>9s}")
@@ -73,8 +82,38 @@ def main() -> int:
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     if args.profile:
-        profile_steps(base.replace(steps=args.profile, warmup_steps=1), args.corpus)
+        profile_steps(base.replace(steps=args.profile, warmup_steps=1), corpus)
     return 0
+
+
+def random_corpus(root: Path, cfg: TrainConfig, tokens_per_domain: int = 1 << 20) -> Path:
+    """Eight domains of uniformly random documents (64–4,096 tokens) over the model's vocabulary (219,520 when
+    the preset does not fix it), as ShardWriter writes a build: what the loader and the model see is the real
+    format, only the tokens carry nothing to learn."""
+    import numpy as np
+
+    from motif_data import DOMAINS
+    from motif_data.shards import DomainInfo, Manifest, ShardWriter, TokenizerInfo
+
+    vocab = cfg.model.vocab_size or 219_520
+    rng = np.random.default_rng(0)
+    domains = {}
+    for domain in DOMAINS:
+        with ShardWriter(root / domain, domain) as writer:
+            written = 0
+            while written < tokens_per_domain:
+                doc = rng.integers(0, vocab - 1, size=int(rng.integers(64, 4096)), dtype=np.int64)
+                writer.write(np.append(doc, vocab - 1))
+                written += len(doc) + 1
+        shards = tuple(
+            s.__class__(f"{domain}/{s.path}", s.documents, s.tokens, s.sha256, s.index_sha256)
+            for s in writer.shards
+        )
+        domains[domain] = DomainInfo(sum(s.documents for s in shards), sum(s.tokens for s in shards), shards)
+    Manifest(TokenizerInfo(f"random-{vocab}", "0" * 64, vocab, vocab - 1), domains, root).save(
+        root / "manifest.json"
+    )
+    return root / "manifest.json"
 
 
 def run_variant(name: str, cfg, corpus: Path) -> dict | None:

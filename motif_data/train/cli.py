@@ -40,6 +40,89 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="override train.loss_backend, the linear cross-entropy backend (timing runs)",
     )
     p.set_defaults(func=run)
+    _register_estimate(subparsers)
+
+
+# NVIDIA's "141 GB" H200 is 143,771 MiB (nvidia-smi) = 140.4 GiB; rounded down.
+_H200_GIB = 140.0
+
+
+def _register_estimate(subparsers: argparse._SubParsersAction) -> None:
+    # A command beside `train`, not under it: `motif-data train CONFIG` takes its config as the first word.
+    p = subparsers.add_parser(
+        "train-estimate",
+        help="memory one GPU needs to train a config (parameters, gradients, optimizer, activations)",
+        description=(
+            "Estimate the memory of training on one GPU, without one: parameters, gradients and optimizer states "
+            "(fp32; the model is built on the meta device to count its parameters) and the activations of one "
+            "micro-batch (what autograd saves, counted op by op, under bf16 autocast and the Triton kernels). "
+            "Sizes are printed in GiB (2**30 bytes); NVIDIA's GPU sizes are GB (10**9 bytes) or near it. Not "
+            "counted: the CUDA context (~0.5 GiB) and allocator fragmentation."
+        ),
+    )
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--config", type=Path, default=None, help="training TOML with [model] and [train]")
+    source.add_argument(
+        "--preset",
+        default=None,
+        help="a model preset instead of a config (default motif-2.6b), with micro-batch 1 at its max_seq_len",
+    )
+    p.add_argument("--micro-batch", type=int, default=None, help="override train.micro_batch (sequences)")
+    p.add_argument("--seq-len", type=int, default=None, help="override train.seq_len (tokens)")
+    p.add_argument(
+        "--activation-checkpointing",
+        choices=("none", "block", "selective"),
+        default=None,
+        help="override train.activation_checkpointing",
+    )
+    p.add_argument("--optimizer", choices=("adamw", "muon"), default=None, help="override train.optimizer")
+    p.add_argument(
+        "--gpu-memory",
+        type=float,
+        default=_H200_GIB,
+        metavar="GIB",
+        help=f"GPU memory in GiB to compare with (default {_H200_GIB:g}: an H200, sold as 141 GB)",
+    )
+    p.set_defaults(func=run_estimate)
+
+
+def run_estimate(args: argparse.Namespace) -> int:
+    from motif_data.train.config import TrainConfig
+    from motif_data.train.memory import estimate_for_run
+
+    if args.config is not None:
+        cfg = TrainConfig.load(args.config)
+        source = str(args.config)
+    else:
+        preset = args.preset or "motif-2.6b"
+        cfg = TrainConfig.from_dict({"model": {"preset": preset}, "train": {"micro_batch": 1}})
+        cfg = cfg.replace(seq_len=cfg.model.max_seq_len)
+        source = f"preset {preset}"
+    given = (
+        ("micro_batch", args.micro_batch),
+        ("seq_len", args.seq_len),
+        ("activation_checkpointing", args.activation_checkpointing),
+        ("optimizer", args.optimizer),
+    )
+    cfg = _overridden(cfg, given)
+    est = estimate_for_run(cfg)
+    dtype = "fp32" if cfg.dtype == "fp32" else "bf16 autocast"
+    print(
+        f"{source}: {est.n_parameters / 1e9:.3f} B parameters; micro-batch {cfg.micro_batch} × {cfg.seq_len} "
+        f"tokens, {dtype}, {cfg.optimizer}, activation checkpointing {cfg.activation_checkpointing}"
+    )
+    for name, nbytes in est.rows():
+        print(f"  {name:<26}{nbytes / 2**30:>9.2f} GiB")
+    gib = est.total / 2**30
+    verdict = "fits" if gib <= args.gpu_memory else "does not fit"
+    print(f"{verdict} in {args.gpu_memory:g} GiB ({gib / args.gpu_memory:.0%} of it)")
+    return 0
+
+
+def _overridden(cfg, given: tuple[tuple[str, object], ...]):
+    """``cfg`` with the command-line values that were given (not None) in place of its own, validated again."""
+    overrides = {k: v for k, v in given if v is not None}
+    return cfg.replace(**overrides) if overrides else cfg
 
 
 def resolve_corpus(corpus: str | None, out: Path) -> Path:
@@ -83,9 +166,7 @@ def run(args: argparse.Namespace) -> int:
         ("kernels", args.kernels),
         ("loss_backend", args.loss_backend),
     )
-    overrides = {k: v for k, v in given if v is not None}
-    if overrides:
-        cfg = cfg.replace(**overrides)
+    cfg = _overridden(cfg, given)
     out = args.out if args.out is not None else Path("runs") / args.config.stem
     if not args.resume:
         refuse_existing_run(out)  # before the corpus build too: nothing under --out is touched

@@ -18,8 +18,13 @@ __all__ = ["ModelConfig", "TrainConfig", "MODEL_PRESETS"]
 
 @dataclass(frozen=True)
 class ModelConfig(Config):
-    """A Motif-style decoder. ``n_heads`` counts heads as Motif does: pairs of them form ``n_heads // 2``
-    differential heads, each with two query/key maps of ``head_dim`` and one value of ``2 * head_dim``.
+    """A Motif-style decoder. ``n_heads`` counts query maps of ``head_dim`` as Motif's ``num_attention_heads``
+    does. ``attention = "differential"`` (Motif-2.6B): pairs of maps form ``n_heads // 2`` heads, each with a
+    signal and a noise map and a value of ``2 * head_dim``. ``"grouped_differential"`` (Motif-2-12.7B):
+    ``noise_heads`` of the maps are noise maps, each shared by a group of ``r = signal_heads / noise_heads``
+    signal heads (q holds each group's r signal maps, then its noise map). ``kv_heads`` (Motif's
+    ``num_key_value_heads``) counts key heads of ``head_dim`` in (signal, noise) pairs; each pair has a value of
+    ``2 * head_dim`` and serves a run of consecutive heads (GQA). None: one pair per noise map.
 
     ``attention = "standard"`` (``n_heads`` softmax heads of ``head_dim``) and ``mlp = "swiglu"`` give the
     conventional decoder with the same projection and embedding shapes (less the λ vectors, sub-layer norms and
@@ -38,17 +43,78 @@ class ModelConfig(Config):
     max_seq_len: int = setting(4096, ge=1)  # the RoPE tables' length (Motif-2.6B pre-trains at 4,096)
     norm_eps: float = setting(1e-6, gt=0, lt=1)
     init_std: float = setting(0.02, gt=0)
-    attention: str = setting("differential", choices=("differential", "standard"))
+    attention: str = setting("differential", choices=("differential", "grouped_differential", "standard"))
+    noise_heads: int | None = setting(None, ge=1)  # grouped_differential: the noise maps among n_heads
+    kv_heads: int | None = setting(
+        None, ge=2
+    )  # key heads in (signal, noise) pairs; None: one pair a noise map
     # polynorm: PolyNorm(gate) ⊙ up; swiglu: SiLU(gate) ⊙ up
     mlp: str = setting("polynorm", choices=("polynorm", "swiglu"))
+    tie_embeddings: bool = True  # the output head is the embedding (Motif-2.6B); False: its own lm_head
 
     def rules(self):
-        if self.n_heads % 2 and self.attention == "differential":
-            yield "n_heads", f"must be even (pairs form differential heads), got {self.n_heads}"
+        if self.attention == "differential":
+            if self.n_heads % 2:
+                yield "n_heads", f"must be even (pairs form differential heads), got {self.n_heads}"
+            if self.noise_heads is not None:
+                yield (
+                    "noise_heads",
+                    'is for attention = "grouped_differential": set that, or drop noise_heads',
+                )
+        elif self.attention == "grouped_differential":
+            if self.noise_heads is None or self.noise_heads >= self.n_heads:
+                yield (
+                    "noise_heads",
+                    (
+                        f"grouped differential attention needs the number of noise maps (1 … n_heads − 1 = "
+                        f"{self.n_heads - 1}), got {self.noise_heads}"
+                    ),
+                )
+            elif (self.n_heads - self.noise_heads) % self.noise_heads:
+                yield (
+                    "noise_heads",
+                    (
+                        f"{self.n_heads - self.noise_heads} signal heads do not split into {self.noise_heads} equal "
+                        f"groups: pick noise_heads so that n_heads = noise_heads × (r + 1)"
+                    ),
+                )
+        else:
+            for key in ("noise_heads", "kv_heads"):
+                if getattr(self, key) is not None:
+                    yield (
+                        key,
+                        f'applies to the differential attentions only: drop it for attention = "{self.attention}"',
+                    )
+        if self.attention != "standard" and self.kv_heads is not None and self._heads_nest:
+            pairs = self.kv_heads // 2
+            if self.kv_heads % 2 or self.noise_maps % pairs:
+                yield (
+                    "kv_heads",
+                    (
+                        f"{self.kv_heads} key heads must form (signal, noise) pairs whose count divides the "
+                        f"{self.noise_maps} noise maps: use an even divisor of {2 * self.noise_maps}"
+                    ),
+                )
+
+    @property
+    def _heads_nest(self) -> bool:
+        if self.attention == "differential":
+            return self.n_heads % 2 == 0
+        n = self.noise_heads
+        return n is not None and 0 < n < self.n_heads and (self.n_heads - n) % n == 0
 
     @property
     def diff_heads(self) -> int:
-        return self.n_heads // 2
+        """Signal heads: the output heads of a differential attention layer."""
+        return self.n_heads - self.noise_maps
+
+    @property
+    def noise_maps(self) -> int:
+        return self.noise_heads if self.attention == "grouped_differential" else self.n_heads // 2
+
+    @property
+    def kv_pairs(self) -> int:
+        return self.noise_maps if self.kv_heads is None else self.kv_heads // 2
 
     @property
     def value_dim(self) -> int:
@@ -64,6 +130,21 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
     "motif-2.6b": ModelConfig(
         n_layers=32, d_model=2048, n_heads=16, head_dim=128, ffn_dim=8192, vocab_size=219_520
     ),
+    # Motif-2-12.7B (docs/train.md says where each figure comes from): 40 query maps of 128 in 8 groups of
+    # 4 signal + 1 noise (GDA 4:1), 16 key heads = 8 (signal, noise) pairs with values of 256, an untied head.
+    "motif-2-12.7b": ModelConfig(
+        n_layers=40,
+        d_model=4096,
+        n_heads=40,
+        head_dim=128,
+        ffn_dim=16_384,
+        vocab_size=219_520,
+        rope_base=1_000_000.0,
+        attention="grouped_differential",
+        noise_heads=8,
+        kv_heads=16,
+        tie_embeddings=False,
+    ),  # fmt: skip
 }
 
 
@@ -96,6 +177,15 @@ class TrainConfig(Config):
     beta1: float = setting(0.9, ge=0, lt=1)
     beta2: float = setting(0.95, ge=0, lt=1)
     grad_clip: float = setting(1.0, gt=0)
+    # muon: Muon for the hidden projection matrices, AdamW (lr, betas) for the embedding, norms and vectors
+    optimizer: str = setting("adamw", choices=("adamw", "muon"))
+    # None: lr. Muon's update is scaled to AdamW's RMS (torch's adjust_lr_fn="match_rms_adamw", Moonshot's
+    # "Muon is Scalable for LLM Training"), so the lr and weight decay tuned for AdamW carry over.
+    muon_lr: float | None = setting(None, gt=0)
+    muon_momentum: float = setting(0.95, ge=0, lt=1)
+    # QK-clip (MuonClip): after each step, shrink the q/k rows of every query map whose largest logit passed
+    # τ. None: 100 (Kimi K2's τ) with muon, off with adamw; 0: off. A τ > 0 clips under AdamW too.
+    muon_clip_tau: float | None = setting(None, ge=0)
     # RoPE base switch (Motif: 10k → 500k for long context); 0 means never
     rope_switch_step: int = setting(0, ge=0)
     rope_base_after: float = setting(500_000.0, gt=1)
@@ -110,6 +200,9 @@ class TrainConfig(Config):
     # linear cross-entropy: auto (the fastest on the device) or a backend of motif_data.kernels.linear_ce
     loss_backend: str = setting("auto", choices=("auto", *BACKENDS))
     compile: bool = False
+    # Recompute in the backward instead of keeping: "block", each decoder layer from its input; "selective",
+    # each layer's MLP half (Motif._layer). `motif-data train-estimate` gives the memory of each.
+    activation_checkpointing: str = setting("none", choices=("none", "block", "selective"))
     log_every: int = setting(1, ge=1)
     save_checkpoints: bool = True  # False for timing runs
     ckpt_every: int = setting(0, ge=0)  # 0: only at the end
@@ -132,10 +225,24 @@ class TrainConfig(Config):
                     f"train.steps ({self.steps}): shorten the warm-up or the decay"
                 ),
             )
+        if self.muon_lr is not None and self.optimizer != "muon":
+            yield "muon_lr", 'applies to optimizer = "muon" only: set that, or drop muon_lr'
 
     @property
     def tokens_per_step_per_rank(self) -> int:
         return self.micro_batch * self.grad_accum * self.seq_len
+
+    @property
+    def muon_peak_lr(self) -> float:
+        """The peak learning rate of Muon's matrices (the WSD schedule scales it as it scales ``lr``)."""
+        return self.lr if self.muon_lr is None else self.muon_lr
+
+    @property
+    def qk_clip_tau(self) -> float:
+        """QK-clip's threshold in effect; 0: off."""
+        if self.muon_clip_tau is None:
+            return 100.0 if self.optimizer == "muon" else 0.0
+        return self.muon_clip_tau
 
     @classmethod
     def from_dict(cls, data: dict, base_dir: str | os.PathLike = ".") -> TrainConfig:

@@ -129,6 +129,8 @@ class MetricsLogger:
             "tokens_per_s": self.tokens_per_step / dt,
             "mfu": flops / dt / (self.peak * self.world_size) if self.peak else None,
         }
+        if "max_logit" in h:  # QK-clip is on
+            record["max_logit"], record["qk_clipped"] = float(h["max_logit"]), int(h["qk_clipped"])
         if self.device.type == "cuda":
             record["peak_mem_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         self.records.append(record)

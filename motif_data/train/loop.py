@@ -1,14 +1,16 @@
 """The training loop: setup, then one visible ``for`` loop of `train_step`, ``checkpointer.save`` when due,
 and the metrics logger.
 
-AdamW + WSD learning rate, gradient accumulation and clipping, bf16 autocast on GPU, DDP under ``torchrun``,
-per-domain loss from the per-token losses, ``metrics.jsonl`` per step, atomic checkpoints that resume exactly.
+AdamW, or Muon + AdamW with QK-clip (``optim.py``), on a WSD learning rate; gradient accumulation and
+clipping, bf16 autocast on GPU, DDP under ``torchrun``, per-domain loss from the per-token losses,
+``metrics.jsonl`` per step, atomic checkpoints that resume exactly.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import gc
 import json
 import math
@@ -33,6 +35,7 @@ from motif_data.train.checkpoint import (
 from motif_data.train.config import TrainConfig
 from motif_data.train.logger import MetricsLogger, keep_metrics_until
 from motif_data.train.model import Motif, count_parameters, flops_per_token
+from motif_data.train.optim import Optimizers, QKClip, build_optimizer
 
 __all__ = ["train", "train_step", "refuse_existing_run", "domain_loss_sums", "peak_flops"]
 
@@ -44,6 +47,17 @@ _RUN_FIELDS = (
     "decay_fraction", "min_lr_ratio", "weight_decay", "beta1", "beta2", "grad_clip", "rope_switch_step",
     "rope_base_after", "sma_every", "sma_window",
 )  # fmt: skip
+
+
+def _run_settings(cfg: TrainConfig) -> dict:
+    """The `_RUN_FIELDS` and the optimizer's settings in effect (Muon's only where Muon steps), so that an
+    AdamW run's checkpoint is not resumed as a Muon run nor one with another QK-clip threshold."""
+    settings = {name: getattr(cfg, name) for name in _RUN_FIELDS}
+    settings |= {"optimizer": cfg.optimizer, "muon_clip_tau": cfg.qk_clip_tau}
+    if cfg.optimizer == "muon":
+        settings |= {"muon_lr": cfg.muon_peak_lr, "muon_momentum": cfg.muon_momentum}
+    return settings
+
 
 # Dense bf16 matrix rate per device from the vendors' datasheets (TFLOP/s), for MFU. First match wins.
 _PEAK_TFLOPS = (("H200", 989.4), ("H100 PCIe", 756.0), ("H100", 989.4), ("A100", 312.0), ("MI300X", 1307.4),
@@ -90,13 +104,6 @@ def _setup_device(cfg: TrainConfig) -> tuple[int, int, torch.device]:
     return rank, world_size, device
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    # Matrices (projections, the tied embedding) decay; norms, PolyNorm coefficients and λ vectors don't.
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
 def refuse_existing_run(out: Path) -> None:
     """A finished or interrupted run is never overwritten: its metrics and checkpoints are the user's."""
     found = [name for name in ("metrics.jsonl", "checkpoints") if (out / name).exists()]
@@ -141,7 +148,8 @@ class _Run:
     device: torch.device
     raw_model: Motif
     model: torch.nn.Module  # compiled and/or DDP-wrapped
-    optimizer: torch.optim.Optimizer
+    optimizer: Optimizers
+    qk_clip: QKClip | None
     loader: object
     counters: _GlobalCounters
     averager: object | None
@@ -194,21 +202,22 @@ def _setup(cfg: TrainConfig, manifest: Manifest) -> _Run:
     loss_backend = default_backend(device) if cfg.loss_backend == "auto" else cfg.loss_backend
     torch.manual_seed(cfg.seed)
     with torch.device(device):  # initialised where it trains: no CPU init of the embedding, no host copy
-        raw_model = Motif(model_cfg, reference_kernels=cfg.kernels == "reference", loss_backend=loss_backend)
+        raw_model = Motif(
+            model_cfg,
+            reference_kernels=cfg.kernels == "reference",
+            loss_backend=loss_backend,
+            activation_checkpointing=cfg.activation_checkpointing,
+        )
     model: torch.nn.Module = torch.compile(raw_model) if cfg.compile else raw_model
     if world_size > 1:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = torch.optim.AdamW(
-        _param_groups(raw_model, cfg.weight_decay),
-        lr=cfg.lr,
-        betas=(cfg.beta1, cfg.beta2),
-        fused=device.type == "cuda",
-    )
+    optimizer = build_optimizer(raw_model, cfg, fused=device.type == "cuda")
+    qk_clip = QKClip(raw_model, cfg.qk_clip_tau, world_size) if cfg.qk_clip_tau else None
     tokens_per_step = cfg.tokens_per_step_per_rank * world_size
     loader = _stream(cfg, manifest, rank, world_size, tokens_per_step, pin_memory=device.type == "cuda")
     averager = CheckpointAverager(cfg.sma_window, cfg.sma_every * tokens_per_step) if cfg.sma_every else None
     return _Run(
-        cfg, model_cfg, rank, world_size, device, raw_model, model, optimizer, loader,
+        cfg, model_cfg, rank, world_size, device, raw_model, model, optimizer, qk_clip, loader,
         _GlobalCounters(DomainCounters(), world_size, rank == 0), averager,
         use_bf16=cfg.dtype == "bf16" or (cfg.dtype == "auto" and device.type == "cuda"),
         loss_backend=loss_backend, tokens_per_step=tokens_per_step,
@@ -217,16 +226,19 @@ def _setup(cfg: TrainConfig, manifest: Manifest) -> _Run:
 
 def train_step(run: _Run, batches, step: int) -> dict[str, torch.Tensor | float]:
     """One optimizer step (``step`` done before it) over ``grad_accum`` micro-batches; returns what the logger
-    reads back: the step's lr and RoPE base, per-domain loss sums and counts (over all ranks), the gradient
-    norm, and each sequence's domain and summed loss."""
+    reads back: the step's lr (AdamW's) and RoPE base, per-domain loss sums and counts (over all ranks), the
+    gradient norm, each sequence's domain and summed loss, and with QK-clip the largest logit and the number of
+    maps clipped."""
     from motif_data.trainer_hook import rope_base, wsd_lr
 
     cfg, model, device = run.cfg, run.model, run.device
     done = step + 1  # the LR of an update is the schedule's value at its end: warm-up starts above 0
-    lr = wsd_lr(done, peak=cfg.lr, warmup=cfg.warmup_steps, total=cfg.steps,
-                decay=round(cfg.decay_fraction * cfg.steps), final_ratio=cfg.min_lr_ratio)  # fmt: skip
-    for group in run.optimizer.param_groups:
-        group["lr"] = lr
+    schedule = functools.partial(wsd_lr, done, warmup=cfg.warmup_steps, total=cfg.steps,
+                                 decay=round(cfg.decay_fraction * cfg.steps),
+                                 final_ratio=cfg.min_lr_ratio)  # fmt: skip
+    lr = schedule(peak=cfg.lr)
+    for group in run.optimizer.param_groups:  # Muon's and AdamW's: one shape, each group's own peak
+        group["lr"] = schedule(peak=group["peak_lr"])
     base = rope_base(step, cfg.rope_switch_step or math.inf, short=run.model_cfg.rope_base,
                      long=cfg.rope_base_after)  # fmt: skip
     run.raw_model.set_rope_base(base)
@@ -249,6 +261,9 @@ def train_step(run: _Run, batches, step: int) -> dict[str, torch.Tensor | float]
     grad_norm = torch.nn.utils.clip_grad_norm_(run.raw_model.parameters(), cfg.grad_clip)
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
+    clip = {}
+    if run.qk_clip is not None:
+        clip["max_logit"], clip["qk_clipped"] = run.qk_clip()
     if run.averager is not None:
         run.averager.update(run.raw_model, done * run.tokens_per_step)
 
@@ -261,7 +276,7 @@ def train_step(run: _Run, batches, step: int) -> dict[str, torch.Tensor | float]
         dist.all_reduce(sums)
         dist.all_reduce(counts)
     return {"lr": lr, "rope_base": base, "sums": sums, "counts": counts, "grad_norm": grad_norm,
-            "domains": seq_domains, "losses": seq_losses}  # fmt: skip
+            "domains": seq_domains, "losses": seq_losses, **clip}  # fmt: skip
 
 
 def train(
@@ -277,9 +292,7 @@ def train(
     joined_here = not dist.is_initialized()
     run = _setup(cfg, Manifest.load(manifest_path))
 
-    spec = run_spec(
-        dataclasses.asdict(run.model_cfg), {name: getattr(cfg, name) for name in _RUN_FIELDS}, manifest_path
-    )
+    spec = run_spec(dataclasses.asdict(run.model_cfg), _run_settings(cfg), manifest_path)
     checkpointer = Checkpointer(out / "checkpoints", spec, every=cfg.ckpt_every or None,
                                 keep=cfg.keep_checkpoints, write=run.is_main)  # fmt: skip
     checkpointer.register(model=run.raw_model, optimizer=run.optimizer, loader=run.loader,

@@ -1,5 +1,6 @@
 """A Motif-architecture decoder, readable top to bottom: pre-norm RMSNorm blocks of differential attention
-(RoPE, configurable base) and a PolyNorm-gated MLP, with the output head tied to the embedding.
+(RoPE, configurable base) and a PolyNorm-gated MLP; the output head tied to the embedding (Motif-2.6B) or not
+(Motif-2-12.7B).
 
 The hot ops come from ``motif_data.kernels`` (Triton on GPU, pure PyTorch on CPU); ``kernels="reference"``
 forces the pure-PyTorch versions everywhere, so that a run can compare the two. The layers are the kernels'
@@ -17,6 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from motif_data.kernels import DifferentialAttention, PolyNormGatedMLP, linear_cross_entropy
 from motif_data.kernels.linear_ce import reference_linear_cross_entropy
@@ -68,12 +70,21 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
+def _projection_widths(cfg: ModelConfig) -> tuple[int, int, int]:
+    """(q, k = v, o input) widths. Differential: every query map, a (signal, noise) key pair and a value of
+    2·head_dim per K/V pair, 2·head_dim out per signal head. Standard: n_heads of head_dim. Equal for Motif-2.6B."""
+    hd = cfg.head_dim
+    if cfg.attention == "standard":
+        return cfg.n_heads * hd, cfg.n_heads * hd, cfg.n_heads * hd
+    return cfg.n_heads * hd, 2 * cfg.kv_pairs * hd, 2 * cfg.diff_heads * hd
+
+
 def _add_projections(layer: nn.Module, cfg: ModelConfig) -> None:
-    width = cfg.n_heads * cfg.head_dim  # also the value width: n_heads/2 differential heads of 2*head_dim
-    layer.q_proj = nn.Linear(cfg.d_model, width, bias=False)
-    layer.k_proj = nn.Linear(cfg.d_model, width, bias=False)
-    layer.v_proj = nn.Linear(cfg.d_model, width, bias=False)
-    layer.o_proj = nn.Linear(width, cfg.d_model, bias=False)
+    q_width, kv_width, out_width = _projection_widths(cfg)
+    layer.q_proj = nn.Linear(cfg.d_model, q_width, bias=False)
+    layer.k_proj = nn.Linear(cfg.d_model, kv_width, bias=False)
+    layer.v_proj = nn.Linear(cfg.d_model, kv_width, bias=False)
+    layer.o_proj = nn.Linear(out_width, cfg.d_model, bias=False)
 
 
 def _rotated_qk(layer: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
@@ -84,20 +95,42 @@ def _rotated_qk(layer: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch
 
 
 class DiffAttention(DifferentialAttention):
-    """Differential attention: ``n_heads`` query/key maps pair up into ``n_heads // 2`` heads, each
-    ``(softmax(Q1K1ᵀ) − λ softmax(Q2K2ᵀ)) V`` with V of width ``2 * head_dim``, then per-head RMSNorm.
-    The kernels' module is the core (λ, the sub-layer norm, the op); this layer adds the projections."""
+    """Differential attention (Motif-2.6B) and grouped differential attention (Motif-2-12.7B): each signal head
+    h computes ``softmax(Qs_h Ks_hᵀ) V_h − λ softmax(Qn_g Kn_gᵀ) V_h`` with its group's noise map g (one per
+    head when not grouped) and V of width ``2 * head_dim``, then per-head RMSNorm. The kernels' module is the
+    core (λ, the sub-layer norm, the op, the head layout); this layer adds the projections and QK-clip."""
 
     def __init__(self, cfg: ModelConfig, layer_idx: int, reference: bool):
-        super().__init__(layer_idx, cfg.diff_heads, cfg.head_dim, eps=cfg.norm_eps, reference=reference)
+        super().__init__(
+            layer_idx, cfg.diff_heads, cfg.head_dim, eps=cfg.norm_eps, noise_heads=cfg.noise_maps,
+            kv_pairs=cfg.kv_pairs, reference=reference,
+        )  # fmt: skip
         _add_projections(self, cfg)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         B, S, _ = x.shape
         q, k = _rotated_qk(self, x, cos, sin)
-        v = self.v_proj(x).view(B, S, self.num_heads, 2 * self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, S, self.kv_pairs, 2 * self.head_dim).transpose(1, 2)
         out = super().forward(q, k, v)  # (B, H, S, Dv), a view of (B, S, H, Dv) memory
         return self.o_proj(out.transpose(1, 2).reshape(B, S, -1))
+
+    @torch.no_grad()
+    def clip_qk_(self, max_logits: torch.Tensor, tau: float) -> torch.Tensor:
+        """QK-clip (MuonClip): scale the projections of every query map whose largest logit passed ``tau`` so
+        that it would be τ: by γ = τ / max. A map with its own key splits γ as √γ on its q rows and √γ on its
+        key's rows; where several maps read one key (GQA, grouped noise keys) the key stays and the map's q rows
+        take all of γ, so the other maps' logits are untouched. Returns how many maps were clipped, as a tensor
+        (no host sync: the loop calls this every step)."""
+        keys, sharing = self.map_layout()
+        own = torch.tensor([n == 1 for n in sharing], device=max_logits.device)
+        gamma = (tau / max_logits.float()).clamp(max=1.0)
+        hd = self.head_dim
+        self.q_proj.weight.view(len(keys), hd, -1).mul_(torch.where(own, gamma.sqrt(), gamma)[:, None, None])
+        key_scale = torch.ones(self.k_proj.weight.shape[0] // hd, device=gamma.device)
+        own_maps = [m for m, n in enumerate(sharing) if n == 1]  # index lists built on the host: no sync
+        key_scale[[keys[m] for m in own_maps]] = gamma[own_maps].sqrt()
+        self.k_proj.weight.view(len(key_scale), hd, -1).mul_(key_scale[:, None, None])
+        return (gamma < 1.0).sum()
 
 
 class StandardAttention(nn.Module):
@@ -137,7 +170,7 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.self_attn = (
             DiffAttention(cfg, layer_idx, reference)
-            if cfg.attention == "differential"
+            if cfg.attention != "standard"
             else StandardAttention(cfg)
         )
         self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
@@ -147,16 +180,29 @@ class DecoderLayer(nn.Module):
             else SwiGLUMLP(cfg)
         )
 
+    def attention_branch(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        return self.self_attn(self.input_layernorm(x), cos, sin)
+
+    def mlp_branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.post_attention_layernorm(x))
+
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        x = x + self.attention_branch(x, cos, sin)
+        return x + self.mlp_branch(x)
 
 
 class Motif(nn.Module):
     """``forward(input_ids, targets)`` returns the per-token loss (B, S), so the loop can split it by domain;
     without targets it returns the final hidden states (B, S, d)."""
 
-    def __init__(self, cfg: ModelConfig, *, reference_kernels: bool = False, loss_backend: str | None = None):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        *,
+        reference_kernels: bool = False,
+        loss_backend: str | None = None,
+        activation_checkpointing: str = "none",
+    ):
         super().__init__()
         if cfg.vocab_size is None:
             raise ValueError("model.vocab_size is unset: take it from the corpus manifest's tokenizer first")
@@ -165,12 +211,16 @@ class Motif(nn.Module):
         self.rotary = Rotary(cfg.head_dim, cfg.rope_base, cfg.max_seq_len)
         self.layers = nn.ModuleList(DecoderLayer(cfg, i + 1, reference_kernels) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        # Motif-2.6B ties the output head to the embedding; Motif-2-12.7B has its own `lm_head`.
+        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         # loss_backend: a linear_cross_entropy backend; None: the fastest where the loss is computed
         self.linear_cross_entropy = (
             reference_linear_cross_entropy
             if reference_kernels
             else functools.partial(linear_cross_entropy, backend=loss_backend)
         )
+        # "none" | "block" | "selective" (TrainConfig.activation_checkpointing; `_layer` says what each keeps)
+        self.activation_checkpointing = activation_checkpointing
         self.reset_parameters()
 
     @torch.no_grad()
@@ -178,6 +228,8 @@ class Motif(nn.Module):
         # GPT-2 style: N(0, 0.02), the projections that write into the residual stream scaled by 1/sqrt(2L).
         std = self.cfg.init_std
         nn.init.normal_(self.embed_tokens.weight, std=std)
+        if self.lm_head is not None:
+            nn.init.normal_(self.lm_head.weight, std=std)
         for layer in self.layers:
             attn, mlp = layer.self_attn, layer.mlp
             for linear in (attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj):
@@ -192,7 +244,7 @@ class Motif(nn.Module):
         x = self.embed_tokens(input_ids)
         cos, sin = self.rotary(input_ids.shape[1])
         for layer in self.layers:
-            x = layer(x, cos, sin)
+            x = self._layer(layer, x, cos, sin)
         hidden = self.norm(x)
         if targets is None:
             return hidden
@@ -200,12 +252,30 @@ class Motif(nn.Module):
         if torch.is_autocast_enabled(device_type):
             # The residual stream stays fp32; the head's product runs in the autocast dtype like every Linear.
             hidden = hidden.to(torch.get_autocast_dtype(device_type))
-        # The fp32 embedding goes in as it is: the loss head runs its products in hidden's dtype and the dense
+        # The fp32 head weight goes in as it is: the loss head runs its products in hidden's dtype and the dense
         # backend sums the weight's gradient in fp32 directly (no bf16 round trip of a vocab × d gradient).
-        losses = self.linear_cross_entropy(
-            hidden.flatten(0, 1), self.embed_tokens.weight, targets.flatten(), reduction="none"
-        )
+        head = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        losses = self.linear_cross_entropy(hidden.flatten(0, 1), head, targets.flatten(), reduction="none")
         return losses.view_as(targets)
+
+    def _layer(
+        self, layer: DecoderLayer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> torch.Tensor:
+        """One decoder layer under the activation-checkpointing mode. "block": only the layer's input is kept
+        and the whole layer is recomputed in the backward. "selective": the attention half keeps what it saves
+        (q, k, v and the attention's output and log-sum-exp, whose recomputation would repeat the S² work) and
+        the MLP half — post-attention norm, gate/up products, PolyNorm, down product: 59 % of the bytes a
+        Motif-2.6B layer saves under bf16, and nearly two thirds of its FLOPs — is recomputed from its fp32
+        input (memory.py counts the bytes; docs/train.md). Non-reentrant checkpoints, which need no static-graph
+        setting under DDP: tests/train/test_memory.py checks bitwise-equal loss and gradients in eager, under
+        torch.compile (aot_eager, on the CPU) and under DDP (one gloo rank)."""
+        if self.activation_checkpointing == "none" or not torch.is_grad_enabled():
+            return layer(x, cos, sin)
+        if self.activation_checkpointing == "block":
+            return checkpoint(layer, x, cos, sin, use_reentrant=False)
+        # DecoderLayer.forward's two residual branches, the second one checkpointed.
+        x = x + layer.attention_branch(x, cos, sin)
+        return x + checkpoint(layer.mlp_branch, x, use_reentrant=False)
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -215,15 +285,19 @@ def count_parameters(model: nn.Module) -> int:
 def flops_per_token(cfg: ModelConfig, seq_len: int, *, causal: bool = True) -> float:
     """Training FLOPs (forward + backward = 3 × forward) per token.
 
-    Matrix products: 6 × (weights of every projection + the tied output head). Attention per layer and token,
-    forward: both softmax maps' ``QKᵀ`` (2 · S · n_heads · head_dim) and both maps times V — the differential
-    head's extra map — (2 · 2 · S · n_heads/2 · 2·head_dim); standard attention: ``QKᵀ`` and one map times V
-    (2 · 2 · S · n_heads · head_dim). Causal attention does half of that work.
+    Matrix products: 6 × (weights of every projection + the output head). Attention per layer and token,
+    forward: every query map's ``QKᵀ`` (2 · S · n_heads · head_dim) and every map times its V of 2·head_dim —
+    signal heads and noise maps, a grouped noise map's product once for its group, as the kernel computes it —
+    (2 · S · n_heads · 2·head_dim); standard attention: ``QKᵀ`` and one map times V (2 · 2 · S · n_heads ·
+    head_dim). Causal attention does half of that work.
     """
+    q_width, kv_width, out_width = _projection_widths(cfg)
+    projections = cfg.d_model * (q_width + 2 * kv_width + out_width)
+    matmul_weights = (
+        cfg.n_layers * (projections + 3 * cfg.d_model * cfg.ffn_dim) + cfg.vocab_size * cfg.d_model
+    )
     width = cfg.n_heads * cfg.head_dim
-    matmul_weights = cfg.n_layers * (4 * cfg.d_model * width + 3 * cfg.d_model * cfg.ffn_dim)
-    matmul_weights += cfg.vocab_size * cfg.d_model
-    maps_times_v = 4 * seq_len * width if cfg.attention == "differential" else 2 * seq_len * width
+    maps_times_v = 2 * seq_len * width if cfg.attention == "standard" else 4 * seq_len * width
     attention_forward = cfg.n_layers * (2 * seq_len * width + maps_times_v)
     if causal:
         attention_forward /= 2

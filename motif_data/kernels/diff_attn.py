@@ -1030,9 +1030,21 @@ def diff_attention(
     if use_triton(q, k, v) and _triton_ok(q, v):
         out, maxima = _DiffAttnFn.apply(q, k, v, lambda_, causal, scale, return_max_logits)
     else:
-        out = reference_diff_attention(q, k, v, lambda_, causal=causal, sm_scale=scale)
-        maxima = reference_max_logits(q, k, causal=causal, sm_scale=scale) if return_max_logits else None
+        out, maxima = _reference_diff(q, k, v, lambda_, causal, scale, return_max_logits)
     return (out, maxima) if return_max_logits else out
+
+
+def _reference_diff(q, k, v, lambda_, causal=True, scale=None, track=False):
+    out = reference_diff_attention(q, k, v, lambda_, causal=causal, sm_scale=scale)
+    return out, reference_max_logits(q, k, causal=causal, sm_scale=scale) if track else None
+
+
+def _reference_grouped(q_s, k_s, q_n, k_n, v, lambda_, causal=True, scale=None, track=False):
+    out = reference_grouped_diff_attention(q_s, k_s, q_n, k_n, v, lambda_, causal=causal, sm_scale=scale)
+    if not track:
+        return out, None
+    maxima = (reference_max_logits(q, k, causal=causal, sm_scale=scale) for q, k in ((q_s, k_s), (q_n, k_n)))
+    return out, torch.cat(tuple(maxima))  # signal maps, then noise maps
 
 
 def grouped_diff_attention(
@@ -1061,11 +1073,7 @@ def grouped_diff_attention(
     if use_triton(*tensors) and _triton_ok(q_signal, v) and _triton_ok(q_signal, q_noise):
         out, maxima = _GroupedDiffAttnFn.apply(*tensors, lambda_, causal, scale, return_max_logits)
     else:
-        out = reference_grouped_diff_attention(*tensors, lambda_, causal=causal, sm_scale=scale)
-        maxima = None
-        if return_max_logits:
-            maxima = torch.cat((reference_max_logits(q_signal, k_signal, causal=causal, sm_scale=scale),
-                                reference_max_logits(q_noise, k_noise, causal=causal, sm_scale=scale)))  # fmt: skip
+        out, maxima = _reference_grouped(*tensors, lambda_, causal, scale, return_max_logits)
     return (out, maxima) if return_max_logits else out
 
 
@@ -1172,8 +1180,7 @@ class DifferentialAttention(nn.Module):
         track = self.track_max_logits
         if self.ratio == 1 and self.kv_pairs == self.num_heads:  # differential attention: maps 2h, 2h + 1
             if self.reference:
-                out = reference_diff_attention(q, k, v, lam)
-                return out, reference_max_logits(q, k) if track else None
+                return _reference_diff(q, k, v, lam, track=track)
             return (
                 diff_attention(q, k, v, lam, return_max_logits=True)
                 if track
@@ -1184,12 +1191,7 @@ class DifferentialAttention(nn.Module):
         q_s, q_n = groups[:, :, : self.ratio].flatten(1, 2), groups[:, :, self.ratio]
         inputs = (q_s, k[:, 0::2], q_n, k[:, 1::2], v, lam)
         if self.reference:
-            out = reference_grouped_diff_attention(*inputs)
-            maxima = None
-            if track:
-                maxima = torch.cat(
-                    (reference_max_logits(q_s, k[:, 0::2]), reference_max_logits(q_n, k[:, 1::2]))
-                )
+            out, maxima = _reference_grouped(*inputs, track=track)
         else:
             out, maxima = (
                 grouped_diff_attention(*inputs, return_max_logits=True)

@@ -106,6 +106,15 @@ class DiffAttention(DifferentialAttention):
             kv_pairs=cfg.kv_pairs, reference=reference,
         )  # fmt: skip
         _add_projections(self, cfg)
+        # QK-clip's fixed layout, as device tensors once (not rebuilt from host lists every step): which maps
+        # own their key, and those maps with their key heads.
+        keys, sharing = self.map_layout()
+        own = [m for m, n in enumerate(sharing) if n == 1]
+        self.register_buffer("_owns_key", torch.tensor([n == 1 for n in sharing]), persistent=False)
+        self.register_buffer("_own_maps", torch.tensor(own, dtype=torch.long), persistent=False)
+        self.register_buffer(
+            "_own_keys", torch.tensor([keys[m] for m in own], dtype=torch.long), persistent=False
+        )
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         B, S, _ = x.shape
@@ -121,14 +130,12 @@ class DiffAttention(DifferentialAttention):
         key's rows; where several maps read one key (GQA, grouped noise keys) the key stays and the map's q rows
         take all of γ, so the other maps' logits are untouched. Returns how many maps were clipped, as a tensor
         (no host sync: the loop calls this every step)."""
-        keys, sharing = self.map_layout()
-        own = torch.tensor([n == 1 for n in sharing], device=max_logits.device)
         gamma = (tau / max_logits.float()).clamp(max=1.0)
         hd = self.head_dim
-        self.q_proj.weight.view(len(keys), hd, -1).mul_(torch.where(own, gamma.sqrt(), gamma)[:, None, None])
+        q_scale = torch.where(self._owns_key, gamma.sqrt(), gamma)
+        self.q_proj.weight.view(len(gamma), hd, -1).mul_(q_scale[:, None, None])
         key_scale = torch.ones(self.k_proj.weight.shape[0] // hd, device=gamma.device)
-        own_maps = [m for m, n in enumerate(sharing) if n == 1]  # index lists built on the host: no sync
-        key_scale[[keys[m] for m in own_maps]] = gamma[own_maps].sqrt()
+        key_scale[self._own_keys] = gamma[self._own_maps].sqrt()
         self.k_proj.weight.view(len(key_scale), hd, -1).mul_(key_scale[:, None, None])
         return (gamma < 1.0).sum()
 

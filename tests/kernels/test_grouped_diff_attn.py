@@ -149,6 +149,21 @@ def test_shape_errors_name_the_input_and_the_fix():
         grouped_diff_attention(*inputs[:5], torch.rand(2))
 
 
+def _assert_gpu_matches_reference(inputs, tol, rel_err, *, track=False):
+    """The op on the GPU (under whatever config is pinned) against float64 SDPA: output and q/k/v grads.
+    ``track`` runs the max-logit path of the forward as well."""
+    out = grouped_diff_attention(*inputs, return_max_logits=track)
+    out = out[0] if track else out
+    dout = torch.randn_like(out)
+    got = torch.autograd.grad(out, inputs, dout)
+    ref_in = [t.detach().double().requires_grad_() for t in inputs]
+    ref = da.reference_grouped_diff_attention(*ref_in)
+    want = torch.autograd.grad(ref, ref_in, dout.double())
+    assert rel_err(out, ref) < tol
+    for name, g_got, g_want in zip(NAMES[:5], got, want, strict=False):
+        assert rel_err(g_got, g_want) < tol, f"grad of {name}"
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 def test_gpu_motif_2_12_7b_head_shape_matches_reference(dtype, rel_err):
@@ -157,15 +172,7 @@ def test_gpu_motif_2_12_7b_head_shape_matches_reference(dtype, rel_err):
     cfg = MODEL_PRESETS["motif-2-12.7b"]  # 32 signal heads, 8 noise maps, 8 K/V pairs: Dv = 256
     heads = (cfg.diff_heads, cfg.noise_maps, cfg.kv_pairs, cfg.kv_pairs, cfg.kv_pairs)
     inputs = _inputs(1, heads, 333, cfg.head_dim, 2 * cfg.head_dim, dtype, "cuda", seed=5)
-    out, maxima = grouped_diff_attention(*inputs, return_max_logits=True)
-    dout = torch.randn_like(out)
-    got = torch.autograd.grad(out, inputs, dout)
-    ref_in = [t.detach().double().requires_grad_() for t in inputs]
-    ref = da.reference_grouped_diff_attention(*ref_in)
-    want = torch.autograd.grad(ref, ref_in, dout.double())
-    assert rel_err(out, ref) < TOL[dtype]
-    for name, g_got, g_want in zip(NAMES[:5], got, want, strict=False):
-        assert rel_err(g_got, g_want) < TOL[dtype], f"grad of {name}"
+    _assert_gpu_matches_reference(inputs, TOL[dtype], rel_err, track=True)
 
 
 @pytest.mark.gpu
@@ -175,27 +182,11 @@ def test_gpu_every_autotune_config_is_correct(config, heads, rel_err):
     # The layouts the model produces: each K/V pair serves whole groups, so a noise map reads one value head.
     inputs = _inputs(1, heads, 333, 128, 256, torch.bfloat16, "cuda", seed=6)
     with pinned_config(config):
-        out = grouped_diff_attention(*inputs)
-        dout = torch.randn_like(out)
-        got = torch.autograd.grad(out, inputs, dout)
-    ref_in = [t.detach().double().requires_grad_() for t in inputs]
-    ref = da.reference_grouped_diff_attention(*ref_in)
-    want = torch.autograd.grad(ref, ref_in, dout.double())
-    assert rel_err(out, ref) < 2e-2
-    for name, g_got, g_want in zip(NAMES[:5], got, want, strict=False):
-        assert rel_err(g_got, g_want) < 2e-2, f"grad of {name}"
+        _assert_gpu_matches_reference(inputs, 2e-2, rel_err)
 
 
 @pytest.mark.gpu
 def test_gpu_a_value_head_per_signal_head(rel_err):
     # The op's other value layout (each noise map's tile r·Dv wide) on the first config, which fits it.
     inputs = _inputs(1, (8, 2, 8, 2, 8), 333, 64, 128, torch.bfloat16, "cuda", seed=7)
-    out = grouped_diff_attention(*inputs)
-    dout = torch.randn_like(out)
-    got = torch.autograd.grad(out, inputs, dout)
-    ref_in = [t.detach().double().requires_grad_() for t in inputs]
-    ref = da.reference_grouped_diff_attention(*ref_in)
-    want = torch.autograd.grad(ref, ref_in, dout.double())
-    assert rel_err(out, ref) < 2e-2
-    for name, g_got, g_want in zip(NAMES[:5], got, want, strict=False):
-        assert rel_err(g_got, g_want) < 2e-2, f"grad of {name}"
+    _assert_gpu_matches_reference(inputs, 2e-2, rel_err)

@@ -15,7 +15,7 @@ from pathlib import Path
 from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
-__all__ = ["UNROUTED", "key", "Tally", "collect", "ledger", "check_invariant", "summary_table"]
+__all__ = ["UNROUTED", "key", "add_counts", "Tally", "collect", "ledger", "check_invariant", "summary_table"]
 
 UNROUTED = "unrouted"
 _SEP = "|"
@@ -23,6 +23,14 @@ _SEP = "|"
 
 def key(kind: str, source: str, domain: str, reason: str | None = None) -> str:
     return _SEP.join((kind, source, domain) if reason is None else (kind, source, domain, reason))
+
+
+def add_counts(step: PipelineStep, counts: Counter) -> None:
+    """Adds a task's counters to ``step``'s stats, one update per counter: datatrove's ``stat_update`` keeps a
+    running mean, min, max and variance per call, which per document cost ≈ 1 s a task in the tokenize stage;
+    the accounting reads only the totals."""
+    for label, n in counts.items():
+        step.stat_update(label, value=n, unit="task")
 
 
 class Tally(PipelineStep):
@@ -36,9 +44,11 @@ class Tally(PipelineStep):
         super().__init__()
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        counts: Counter = Counter()
         for doc in data:
-            self.stat_update(key(self.label, doc.metadata["source"], doc.metadata["domain"]))
+            counts[key(self.label, doc.metadata["source"], doc.metadata["domain"])] += 1
             yield doc
+        add_counts(self, counts)
 
 
 def collect(logging_dirs: Iterable[Path]) -> Counter:

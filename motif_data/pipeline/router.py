@@ -7,13 +7,14 @@ source and domain, and records the reader marked unusable are counted as ``error
 from __future__ import annotations
 
 import re
+from collections import Counter
 from functools import cache
 
 import numpy as np
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
-from motif_data.pipeline.accounting import UNROUTED, key
+from motif_data.pipeline.accounting import UNROUTED, add_counts, key
 from motif_data.pipeline.codepoints import codepoints, matching
 from motif_data.pipeline.config import SCRIPTS, RouteRule, SourceConfig
 from motif_data.pipeline.readers import ERROR_KEY, SOURCE_KEY
@@ -75,12 +76,13 @@ class DomainRouter(PipelineStep):
         self.sources = {s.name: s for s in sources}
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        read: Counter = Counter()
         for doc in data:
             with self.track_time():
                 source = doc.metadata[SOURCE_KEY]
                 domain = route(self.sources[source], doc) or UNROUTED
                 doc.metadata[DOMAIN_KEY] = domain
-                self.stat_update(key("read", source, domain))
+                read[key("read", source, domain)] += 1
                 error = doc.metadata.get(ERROR_KEY)
                 if error is not None:
                     self.stat_update(key("errored", source, domain, error))
@@ -89,3 +91,4 @@ class DomainRouter(PipelineStep):
                     self.stat_update(key("filtered", source, domain, "no_route"))
                     continue
             yield doc
+        add_counts(self, read)

@@ -9,6 +9,7 @@ import hashlib
 import itertools
 import os
 import unicodedata
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import tiktoken
 from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
-from motif_data.pipeline.accounting import key
+from motif_data.pipeline.accounting import add_counts, key
 from motif_data.pipeline.config import SourceConfig
 
 __all__ = ["TOKENS_KEY", "load_tokenizer", "TokenizeStep"]
@@ -69,6 +70,7 @@ class TokenizeStep(PipelineStep):
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         enc = load_tokenizer(self.tokenizer)
         eot = enc.eot_token
+        short: Counter = Counter()
         for doc in data:
             with self.track_time():
                 # The tokenizer learned its Korean merges on NFC text; NFD Hangul would fall back to
@@ -76,8 +78,9 @@ class TokenizeStep(PipelineStep):
                 ids = enc.encode_ordinary(unicodedata.normalize("NFC", doc.text))
                 source = doc.metadata["source"]
                 if len(ids) < self.min_tokens[source]:
-                    self.stat_update(key("filtered", source, doc.metadata["domain"], "min_tokens"))
+                    short[key("filtered", source, doc.metadata["domain"], "min_tokens")] += 1
                     continue
                 ids.append(eot)
                 doc.metadata[TOKENS_KEY] = np.array(ids, dtype=np.uint32)
             yield doc
+        add_counts(self, short)

@@ -9,6 +9,7 @@ writing (a full disk) names the file or shard folder and the step (``motif_data.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import asdict
 
 from datatrove.data import Document, DocumentsPipeline
@@ -16,7 +17,7 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.writers import JsonlWriter
 
 from motif_data.atomic import atomic_write_text, naming_output, output_error
-from motif_data.pipeline.accounting import key
+from motif_data.pipeline.accounting import add_counts, key
 from motif_data.pipeline.config import BuildConfig
 from motif_data.pipeline.layout import RESULTS_DIR
 from motif_data.pipeline.tokenize import TOKENS_KEY
@@ -37,6 +38,7 @@ class ShardWriteStep(PipelineStep):
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         writers: dict[str, ShardWriter] = {}
+        counts: Counter = Counter()
         for doc in data:
             with self.track_time():
                 domain, tokens = doc.metadata["domain"], doc.metadata.pop(TOKENS_KEY)
@@ -48,9 +50,10 @@ class ShardWriteStep(PipelineStep):
                     writers[domain].write(tokens)
                 except OSError as e:  # ShardWriter's errors name no file (a write) or its temp file (an open)
                     raise output_error(e, f"{self.output_dir}/{domain}", self.name) from e
-                self.stat_update(key("kept", doc.metadata["source"], domain))
-                self.stat_update(key("tokens", doc.metadata["source"], domain), value=len(tokens))
+                counts[key("kept", doc.metadata["source"], domain)] += 1
+                counts[key("tokens", doc.metadata["source"], domain)] += len(tokens)
             yield doc
+        add_counts(self, counts)
         shards = {}
         for domain, writer in sorted(writers.items()):
             with naming_output(f"{self.output_dir}/{domain}", self.name):

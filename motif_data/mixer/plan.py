@@ -1,7 +1,9 @@
 """What a schedule asks of a build: per-domain sequences needed vs available, epochs, where data runs out.
 
 Packing rule shared with the loader: a domain's documents form one token stream cut into consecutive,
-non-overlapping windows of ``seq_len + 1`` tokens; the tail shorter than a window is not used.
+non-overlapping windows of ``seq_len + 1`` tokens; the tail shorter than a window is not used. A run in
+phases packs pages of the longest seq_len + 1 tokens, and a phase at seq_len s reads each page as
+(longest / s) windows (docs/loader.md, "Long context"): the plan is the one of the pages.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from motif_data import DOMAINS
 from motif_data.mixer.sampler import QuotaSampler
 from motif_data.shards import Manifest
 
-__all__ = ["DomainPlan", "packed_sequences", "plan", "format_plan", "plot_plan"]
+__all__ = ["DomainPlan", "packed_sequences", "plan", "format_plan", "format_phases", "plot_plan"]
 
 
 def packed_sequences(tokens: int, seq_len: int) -> int:
@@ -90,6 +92,21 @@ def format_plan(rows: list[DomainPlan], total_tokens: float) -> str:
             f"{r.domain:<13}{_fmt_tokens(r.tokens_needed):>10}{_fmt_tokens(r.tokens_available):>11}"
             f"{r.epochs:>11.4g}  {out}"
         )
+    return "\n".join(lines)
+
+
+def format_phases(phases: list[tuple[int, int]]) -> str:
+    """The phases of a run, ``(tokens, seq_len)`` each: where each starts and ends in training tokens, its
+    sequences, and how many of them a page of the longest seq_len holds."""
+    page = max(s for _, s in phases)
+    head = f"{'phase':<7}{'from':>10}{'to':>10}{'seq_len':>9}{'sequences':>12}{'per page':>10}"
+    lines, start = [head, "-" * len(head)], 0
+    for i, (tokens, seq_len) in enumerate(phases):
+        lines.append(
+            f"{i:<7}{_fmt_tokens(start):>10}{_fmt_tokens(start + tokens):>10}{seq_len:>9}"
+            f"{_fmt_tokens(tokens // seq_len):>12}{page // seq_len:>10}"
+        )
+        start += tokens
     return "\n".join(lines)
 
 

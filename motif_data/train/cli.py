@@ -104,18 +104,24 @@ def run_estimate(args: argparse.Namespace) -> int:
         ("activation_checkpointing", args.activation_checkpointing),
         ("optimizer", args.optimizer),
     )
+    if args.micro_batch is not None or args.seq_len is not None:
+        cfg = cfg.replace(phase=())  # the shape given on the command line, instead of the phases'
     cfg = _overridden(cfg, given)
-    est = estimate_for_run(cfg)
-    dtype = "fp32" if cfg.dtype == "fp32" else "bf16 autocast"
-    print(
-        f"{source}: {est.n_parameters / 1e9:.3f} B parameters; micro-batch {cfg.micro_batch} × {cfg.seq_len} "
-        f"tokens, {dtype}, {cfg.optimizer}, activation checkpointing {cfg.activation_checkpointing}"
-    )
-    for name, nbytes in est.rows():
-        print(f"  {name:<26}{nbytes / 2**30:>9.2f} GiB")
-    gib = est.total / 2**30
-    verdict = "fits" if gib <= args.gpu_memory else "does not fit"
-    print(f"{verdict} in {args.gpu_memory:g} GiB ({gib / args.gpu_memory:.0%} of it)")
+    # A run in phases: each phase's micro-batch shape (the one that needs the most decides)
+    runs = [cfg.replace(seq_len=p.seq_len, micro_batch=p.micro_batch, phase=()) for p in cfg.phases] or [cfg]
+    for i, run in enumerate(runs):
+        est = estimate_for_run(run)
+        dtype = "fp32" if run.dtype == "fp32" else "bf16 autocast"
+        phase = f"phase {i}: " if cfg.phases else ""
+        print(
+            f"{source}: {phase}{est.n_parameters / 1e9:.3f} B parameters; micro-batch {run.micro_batch} × "
+            f"{run.seq_len} tokens, {dtype}, {run.optimizer}, activation checkpointing {run.activation_checkpointing}"
+        )
+        for name, nbytes in est.rows():
+            print(f"  {name:<26}{nbytes / 2**30:>9.2f} GiB")
+        gib = est.total / 2**30
+        verdict = "fits" if gib <= args.gpu_memory else "does not fit"
+        print(f"{verdict} in {args.gpu_memory:g} GiB ({gib / args.gpu_memory:.0%} of it)")
     return 0
 
 

@@ -6,14 +6,19 @@ Everything is validated here, once; the model and the loop trust what they get.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from motif_data.kernels.linear_ce import BACKENDS
 from motif_data.typed import Config, ConfigError, from_mapping, read_table, resolve_path, setting
 
-__all__ = ["ModelConfig", "TrainConfig", "MODEL_PRESETS"]
+if TYPE_CHECKING:
+    from motif_data.trainer_hook.phases import Phase
+
+__all__ = ["ModelConfig", "TrainConfig", "PhaseConfig", "MODEL_PRESETS"]
 
 
 @dataclass(frozen=True)
@@ -149,9 +154,28 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
 
 
 @dataclass(frozen=True)
+class PhaseConfig(Config):
+    """One ``[[train.phase]]``: the next ``tokens`` training tokens (all ranks) with these settings; one left
+    out is [train]'s (``seq_len``, ``micro_batch``) or [model]'s (``rope_base``)."""
+
+    section = "train.phase"
+    title = "training phase"
+
+    tokens: float = setting(gt=0)  # a whole number; 8e10 and 80_000_000_000 both do
+    seq_len: int | None = setting(None, ge=1)
+    micro_batch: int | None = setting(None, ge=1)
+    rope_base: float | None = setting(None, gt=1)
+
+    def rules(self):
+        if self.tokens != int(self.tokens):
+            yield "tokens", f"{self.tokens!r} is not a whole number of tokens"
+
+
+@dataclass(frozen=True)
 class TrainConfig(Config):
     """One training run. Steps count optimizer updates; a step sees
-    ``micro_batch * grad_accum * world_size`` sequences of ``seq_len`` tokens."""
+    ``micro_batch * grad_accum * world_size`` sequences of ``seq_len`` tokens. With ``phase`` tables the
+    run goes through them in order, each phase with its own seq_len, micro-batch and RoPE base."""
 
     section = "train"
     title = "training config"
@@ -186,9 +210,8 @@ class TrainConfig(Config):
     # QK-clip (MuonClip): after each step, shrink the q/k rows of every query map whose largest logit passed
     # τ. None: 100 (Kimi K2's τ) with muon, off with adamw; 0: off. A τ > 0 clips under AdamW too.
     muon_clip_tau: float | None = setting(None, ge=0)
-    # RoPE base switch (Motif: 10k → 500k for long context); 0 means never
-    rope_switch_step: int = setting(0, ge=0)
-    rope_base_after: float = setting(500_000.0, gt=1)
+    # long context (Motif-2.6B: the last 80B tokens at 16,384 and RoPE base 500k): phases by tokens
+    phase: tuple[PhaseConfig, ...] = ()
     # averaging of checkpoints (SMA); 0 means off
     sma_every: int = setting(0, ge=0)
     sma_window: int = setting(4, ge=1)
@@ -227,6 +250,58 @@ class TrainConfig(Config):
             )
         if self.muon_lr is not None and self.optimizer != "muon":
             yield "muon_lr", 'applies to optimizer = "muon" only: set that, or drop muon_lr'
+        yield from self._phase_problems()
+
+    def _phase_problems(self):
+        phases = self.phases
+        if not phases:
+            return
+        longest = max(p.seq_len for p in phases)
+        for i, p in enumerate(phases):
+            key = f"phase[{i}]"
+            if p.seq_len > self.model.max_seq_len:
+                yield (
+                    f"{key}.seq_len",
+                    f"{p.seq_len} exceeds model.max_seq_len {self.model.max_seq_len}: raise max_seq_len in "
+                    "[model] to the longest phase's seq_len (the RoPE tables must cover it)",
+                )
+            if longest % p.seq_len:
+                yield (
+                    f"{key}.seq_len",
+                    f"{p.seq_len} does not divide the longest phase's seq_len {longest}: each phase reads the "
+                    f"stream's pages of {longest} tokens whole, so use a divisor of {longest}",
+                )
+                continue
+            unit = math.lcm(p.micro_batch * self.grad_accum * p.seq_len, longest)
+            if int(p.tokens) % unit:
+                yield (
+                    f"{key}.tokens",
+                    f"{int(p.tokens):,} is not a whole number of steps (micro_batch {p.micro_batch} × grad_accum "
+                    f"{self.grad_accum} × seq_len {p.seq_len} per rank) and pages ({longest} tokens): make it a "
+                    f"multiple of {unit:,}, e.g. {max(1, round(p.tokens / unit)) * unit:,}",
+                )
+        held = sum(p.tokens // (p.micro_batch * self.grad_accum * p.seq_len) for p in phases)
+        if held < self.steps:
+            yield (
+                "phase",
+                f"the phases' tokens hold {held:,} steps on one rank (fewer on more), train.steps is "
+                f"{self.steps:,}: add tokens to the last phase or lower train.steps",
+            )
+
+    @property
+    def phases(self) -> tuple[Phase, ...]:
+        """The ``phase`` tables with every setting resolved; () for a run without phases."""
+        from motif_data.trainer_hook.phases import Phase
+
+        return tuple(
+            Phase(
+                int(p.tokens),
+                p.seq_len or self.seq_len,
+                p.micro_batch or self.micro_batch,
+                p.rope_base or self.model.rope_base,
+            )
+            for p in self.phase
+        )
 
     @property
     def tokens_per_step_per_rank(self) -> int:
@@ -268,6 +343,15 @@ class TrainConfig(Config):
         except ConfigError as e:
             problems.extend(e.problems)
         train_section = dict(data.get("train", {}))
+        for key in ("rope_switch_step", "rope_base_after"):
+            if train_section.pop(key, None) is not None:
+                problems.append(
+                    (
+                        f"train.{key}",
+                        "was removed: a RoPE base change is a phase now, e.g. [[train.phase]] tokens = 8e10, "
+                        "seq_len = 16384, rope_base = 500000 after a first phase (docs/train.md, Long context)",
+                    )
+                )
         for key in ("corpus", "schedule"):
             value = train_section.get(key)
             if isinstance(value, str) and (value.endswith(".toml") or value.endswith(".json")):

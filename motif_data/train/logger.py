@@ -90,9 +90,17 @@ class MetricsLogger:
         self.peak, self.world_size = peak_flops, world_size
         self.log_every, self.last_step = log_every, last_step
         self.file = open(path, "a", encoding="utf-8") if path is not None else None
+        self._first_step, self._first_tokens = 0, 0  # where the current phase began
         self.records: list[dict] = []
         self._since = _mark(device)
         self._pending: _Queued | None = None
+
+    def begin_phase(self, step: int, tokens: int, *, seq_len: int, tokens_per_step: int,
+                    flops_per_token: float) -> None:  # fmt: skip
+        """Steps after ``step`` (``tokens`` trained before them) have this shape: a run in phases."""
+        self.flush()
+        self._first_step, self._first_tokens = step, tokens
+        self.seq_len, self.tokens_per_step, self.flops_per_token = seq_len, tokens_per_step, flops_per_token
 
     def queue(self, step: int, lr: float, rope_base: float, **tensors: torch.Tensor) -> None:
         # Tensors already on the host (the loader's domain ids, everything on CPU) are kept as they are.
@@ -124,7 +132,7 @@ class MetricsLogger:
             "lr": done.lr,
             "grad_norm": float(h["grad_norm"]),
             "rope_base": done.rope_base,
-            "tokens": done.step * self.tokens_per_step,
+            "tokens": self._first_tokens + (done.step - self._first_step) * self.tokens_per_step,
             "step_time_s": dt,
             "tokens_per_s": self.tokens_per_step / dt,
             "mfu": flops / dt / (self.peak * self.world_size) if self.peak else None,

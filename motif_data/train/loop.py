@@ -13,7 +13,6 @@ import dataclasses
 import functools
 import gc
 import json
-import math
 import os
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from motif_data.train.config import TrainConfig
 from motif_data.train.logger import MetricsLogger, keep_metrics_until
 from motif_data.train.model import Motif, count_parameters, flops_per_token
 from motif_data.train.optim import Optimizers, QKClip, build_optimizer
+from motif_data.trainer_hook.phases import Phase
 
 __all__ = ["train", "train_step", "refuse_existing_run", "domain_loss_sums", "peak_flops"]
 
@@ -44,8 +44,7 @@ __all__ = ["train", "train_step", "refuse_existing_run", "domain_loss_sums", "pe
 # the loader state), execution and logging.
 _RUN_FIELDS = (
     "schedule", "fit_schedule", "seq_len", "micro_batch", "grad_accum", "seed", "lr", "warmup_steps",
-    "decay_fraction", "min_lr_ratio", "weight_decay", "beta1", "beta2", "grad_clip", "rope_switch_step",
-    "rope_base_after", "sma_every", "sma_window",
+    "decay_fraction", "min_lr_ratio", "weight_decay", "beta1", "beta2", "grad_clip", "sma_every", "sma_window",
 )  # fmt: skip
 
 
@@ -53,6 +52,10 @@ def _run_settings(cfg: TrainConfig) -> dict:
     """The `_RUN_FIELDS` and the optimizer's settings in effect (Muon's only where Muon steps), so that an
     AdamW run's checkpoint is not resumed as a Muon run nor one with another QK-clip threshold."""
     settings = {name: getattr(cfg, name) for name in _RUN_FIELDS}
+    if cfg.phases:
+        settings["phase"] = [dataclasses.asdict(p) for p in cfg.phases]
+    else:  # the RoPE switch's settings of before phases: a checkpoint of then keeps its run identity
+        settings |= {"rope_switch_step": 0, "rope_base_after": 500_000.0}
     settings |= {"optimizer": cfg.optimizer, "muon_clip_tau": cfg.qk_clip_tau}
     if cfg.optimizer == "muon":
         settings |= {"muon_lr": cfg.muon_peak_lr, "muon_momentum": cfg.muon_momentum}
@@ -137,6 +140,51 @@ class _GlobalCounters:
             self.counters.load_state_dict(state)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Span:
+    """A phase as the loop steps through it: from optimizer step ``first_step``, training token
+    ``first_token``, on."""
+
+    phase: Phase
+    first_step: int
+    first_token: int
+    tokens_per_step: int
+
+
+def _spans(cfg: TrainConfig, world_size: int) -> list[_Span]:
+    """The run's phases in steps (one phase, the whole run, without [[train.phase]]). What depends on the
+    world size is checked here, the rest in TrainConfig."""
+    phases = cfg.phases or (Phase(cfg.steps * cfg.tokens_per_step_per_rank * world_size, cfg.seq_len,
+                                  cfg.micro_batch, cfg.model.rope_base),)  # fmt: skip
+    spans, step, token = [], 0, 0
+    for i, p in enumerate(phases):
+        per_step = p.micro_batch * cfg.grad_accum * world_size * p.seq_len
+        if p.tokens % per_step:
+            raise ValueError(
+                f"train.phase[{i}].tokens: {p.tokens:,} is not a whole number of steps of {per_step:,} tokens "
+                f"on {world_size} ranks: make it a multiple of {per_step:,}, or train on another number of ranks"
+            )
+        spans.append(_Span(p, step, token, per_step))
+        step, token = step + p.tokens // per_step, token + p.tokens
+    if step < cfg.steps:
+        raise ValueError(
+            f"train.phase: the phases' tokens hold {step:,} steps on {world_size} ranks, train.steps is "
+            f"{cfg.steps:,}: add tokens to the last phase or lower train.steps"
+        )
+    return spans
+
+
+def _span_at(spans: list[_Span], step: int) -> _Span:
+    """The phase of optimizer step ``step`` (counted from 0)."""
+    return next(s for s in reversed(spans) if s.first_step <= step)
+
+
+def _tokens_at(spans: list[_Span], steps: int) -> int:
+    """Training tokens of all ranks in the first ``steps`` steps."""
+    span = _span_at(spans, max(steps - 1, 0))
+    return span.first_token + (steps - span.first_step) * span.tokens_per_step
+
+
 @dataclasses.dataclass
 class _Run:
     """What setup builds; the loop reads it."""
@@ -155,7 +203,8 @@ class _Run:
     averager: object | None
     use_bf16: bool
     loss_backend: str
-    tokens_per_step: int
+    tokens_per_step: int  # the first phase's
+    spans: list[_Span]
 
     @property
     def is_main(self) -> bool:
@@ -175,19 +224,21 @@ def _model_config(cfg: TrainConfig, manifest: Manifest):
 
 
 def _stream(
-    cfg: TrainConfig, manifest: Manifest, rank: int, world_size: int, tokens_per_step: int, pin_memory: bool
+    cfg: TrainConfig, manifest: Manifest, rank: int, world_size: int, run_tokens: int, pin_memory: bool
 ):
-    """The mixture loader of this rank (the schedule fitted to the run's tokens where asked)."""
+    """The mixture loader of this rank (the schedule fitted to the run's tokens where asked); with phases,
+    the loader of every phase in turn."""
     from motif_data.mixer import MixtureSchedule, Stage
-    from motif_data.trainer_hook import MixtureDataLoader, MixtureDataset
+    from motif_data.trainer_hook import MixtureDataLoader, MixtureDataset, PhasedLoader
 
     schedule = MixtureSchedule.load(cfg.schedule)
     if cfg.fit_schedule:
-        scale = cfg.steps * tokens_per_step / schedule.total_tokens
+        scale = run_tokens / schedule.total_tokens
         stages = [Stage(st.name, st.tokens * scale, st.start, st.end) for st in schedule.stages]
-        schedule = MixtureSchedule(
-            stages, name=f"{schedule.name} (fitted to {cfg.steps * tokens_per_step:,} tokens)"
-        )
+        schedule = MixtureSchedule(stages, name=f"{schedule.name} (fitted to {run_tokens:,} tokens)")
+    if cfg.phases:
+        return PhasedLoader(manifest, schedule, cfg.phases, cfg.seed, rank, world_size,
+                            num_workers=cfg.num_workers, pin_memory=pin_memory)  # fmt: skip
     dataset = MixtureDataset(
         manifest, schedule, cfg.seq_len, cfg.seed, rank, world_size, batch_size=cfg.micro_batch
     )
@@ -213,14 +264,15 @@ def _setup(cfg: TrainConfig, manifest: Manifest) -> _Run:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = build_optimizer(raw_model, cfg, fused=device.type == "cuda")
     qk_clip = QKClip(raw_model, cfg.qk_clip_tau, world_size) if cfg.qk_clip_tau else None
-    tokens_per_step = cfg.tokens_per_step_per_rank * world_size
-    loader = _stream(cfg, manifest, rank, world_size, tokens_per_step, pin_memory=device.type == "cuda")
+    spans = _spans(cfg, world_size)
+    tokens_per_step = spans[0].tokens_per_step
+    loader = _stream(cfg, manifest, rank, world_size, _tokens_at(spans, cfg.steps), device.type == "cuda")
     averager = CheckpointAverager(cfg.sma_window, cfg.sma_every * tokens_per_step) if cfg.sma_every else None
     return _Run(
         cfg, model_cfg, rank, world_size, device, raw_model, model, optimizer, qk_clip, loader,
         _GlobalCounters(DomainCounters(), world_size, rank == 0), averager,
         use_bf16=cfg.dtype == "bf16" or (cfg.dtype == "auto" and device.type == "cuda"),
-        loss_backend=loss_backend, tokens_per_step=tokens_per_step,
+        loss_backend=loss_backend, tokens_per_step=tokens_per_step, spans=spans,
     )  # fmt: skip
 
 
@@ -229,7 +281,7 @@ def train_step(run: _Run, batches, step: int) -> dict[str, torch.Tensor | float]
     reads back: the step's lr (AdamW's) and RoPE base, per-domain loss sums and counts (over all ranks), the
     gradient norm, each sequence's domain and summed loss, and with QK-clip the largest logit and the number of
     maps clipped."""
-    from motif_data.trainer_hook import rope_base, wsd_lr
+    from motif_data.trainer_hook import wsd_lr
 
     cfg, model, device = run.cfg, run.model, run.device
     done = step + 1  # the LR of an update is the schedule's value at its end: warm-up starts above 0
@@ -239,8 +291,8 @@ def train_step(run: _Run, batches, step: int) -> dict[str, torch.Tensor | float]
     lr = schedule(peak=cfg.lr)
     for group in run.optimizer.param_groups:  # Muon's and AdamW's: one shape, each group's own peak
         group["lr"] = schedule(peak=group["peak_lr"])
-    base = rope_base(step, cfg.rope_switch_step or math.inf, short=run.model_cfg.rope_base,
-                     long=cfg.rope_base_after)  # fmt: skip
+    phase = _span_at(run.spans, step).phase
+    base = phase.rope_base
     run.raw_model.set_rope_base(base)
 
     sequence_losses, sequence_domains = [], []
@@ -265,13 +317,13 @@ def train_step(run: _Run, batches, step: int) -> dict[str, torch.Tensor | float]
     if run.qk_clip is not None:
         clip["max_logit"], clip["qk_clipped"] = run.qk_clip()
     if run.averager is not None:
-        run.averager.update(run.raw_model, done * run.tokens_per_step)
+        run.averager.update(run.raw_model, _tokens_at(run.spans, done))
 
     seq_losses = torch.cat(sequence_losses).double()
     seq_domains = torch.cat(sequence_domains)  # from the loader, on the host
     # non_blocking: a blocking host-to-device copy synchronises the stream, so the host would wait for the
     # whole step before queuing the next one and leave the GPU idle meanwhile.
-    sums, counts = domain_loss_sums(seq_losses, seq_domains.to(device, non_blocking=True), cfg.seq_len)
+    sums, counts = domain_loss_sums(seq_losses, seq_domains.to(device, non_blocking=True), phase.seq_len)
     if run.world_size > 1:
         dist.all_reduce(sums)
         dist.all_reduce(counts)
@@ -327,6 +379,11 @@ def train(
     batches = iter(run.loader)
     for step in range(start, cfg.steps):
         done = step + 1
+        span = _span_at(run.spans, step)
+        if step in (start, span.first_step):  # a run in phases: each has its tokens a step and FLOPs a token
+            flops_token = flops_per_token(run.model_cfg, span.phase.seq_len)
+            logger.begin_phase(span.first_step, span.first_token, seq_len=span.phase.seq_len,
+                               tokens_per_step=span.tokens_per_step, flops_per_token=flops_token)  # fmt: skip
         logger.queue(done, **train_step(run, batches, step))
         if cfg.save_checkpoints and checkpointer.due(done, last=done == cfg.steps):
             logger.flush()  # a checkpoint's counters and metrics include its own step

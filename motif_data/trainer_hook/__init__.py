@@ -1,5 +1,5 @@
-"""What a trainer imports: the resumable mixture dataset and loader, LR / RoPE schedules, checkpoint
-averaging and per-domain counters. ``hf`` (transformers Trainer adapter) is imported on demand."""
+"""What a trainer imports: the resumable mixture dataset and loader (in phases for long context), the LR
+schedule, checkpoint averaging and per-domain counters. ``hf`` (transformers Trainer adapter) is imported on demand."""
 
 from motif_data.trainer_hook.averaging import CheckpointAverager, average_state_dicts
 from motif_data.trainer_hook.dataset import (
@@ -10,7 +10,7 @@ from motif_data.trainer_hook.dataset import (
 )
 from motif_data.trainer_hook.lr import wsd_lr, wsd_scheduler
 from motif_data.trainer_hook.metrics import DomainCounters
-from motif_data.trainer_hook.rope import rope_base
+from motif_data.trainer_hook.phases import Phase, PhasedLoader, phase_at
 from motif_data.trainer_hook.state import StreamState
 
 __all__ = [
@@ -21,7 +21,9 @@ __all__ = [
     "StreamState",
     "wsd_lr",
     "wsd_scheduler",
-    "rope_base",
+    "Phase",
+    "PhasedLoader",
+    "phase_at",
     "CheckpointAverager",
     "average_state_dicts",
     "DomainCounters",

@@ -5,6 +5,12 @@ Global sequence g → (domain, k-th draw of that domain) comes from the mixer's 
 g, so the state is one integer (the global position) plus a hash of the configuration, and ranks and
 DataLoader workers split the stream by arithmetic alone.
 
+Phases (a run whose seq_len changes, docs/loader.md "Long context"): the sampler and the permutation work on
+pages of ``page_len + 1`` tokens, page_len the longest phase's seq_len, one page per ``page_len`` training
+tokens; a phase at seq_len s reads each page as page_len / s consecutive windows of s + 1 tokens, a window's
+last token the next one's first. Each phase is a dataset of its own that starts at training token
+``first_token``. Without phases a page is a window, as it always was.
+
 Layout: the stream is consumed in global micro-batches of ``batch_size × world_size`` sequences; in each,
 rank r takes the r-th run of ``batch_size`` consecutive sequences. Iterating the dataset, a rank's runs go to
 its DataLoader workers round-robin, the order in which ``torch.utils.data.DataLoader`` collects them;
@@ -114,6 +120,9 @@ class MixtureDataset(IterableDataset):
     ``exhaustion``: ``"repeat"`` (a new shuffled epoch of the domain) or ``"error"``, or a dict per domain.
     ``tokenizer``: a ``tiktoken.Encoding`` or fingerprint string that must match the manifest's tokenizer.
     ``verify``: check every shard's sha256 against the manifest once, at construction.
+    ``page_len``, ``first_token``: one phase of a run with phases (module docstring): the run's longest
+    seq_len (a multiple of ``seq_len``) and the training token where the phase starts (a multiple of it);
+    ``max_sequences`` then ends the phase.
     """
 
     def __init__(
@@ -130,6 +139,8 @@ class MixtureDataset(IterableDataset):
         tokenizer=None,
         verify: bool = False,
         max_sequences: int | None = None,
+        page_len: int | None = None,
+        first_token: int = 0,
     ):
         super().__init__()
         self.manifest = manifest if isinstance(manifest, Manifest) else Manifest.load(manifest)
@@ -151,6 +162,17 @@ class MixtureDataset(IterableDataset):
             problems.append(f"exhaustion must map domains of {DOMAINS} to one of {_POLICIES}, got {bad}")
         if max_sequences is not None and max_sequences < 0:
             problems.append(f"max_sequences must be >= 0, got {max_sequences}")
+        page = seq_len if page_len is None else page_len
+        if not isinstance(page, (int, np.integer)) or page <= 0 or (not problems and page % seq_len):
+            problems.append(
+                f"page_len must be a multiple of seq_len {seq_len} (the longest phase's seq_len, which every "
+                f"phase's seq_len divides), got {page_len!r}"
+            )
+        elif not isinstance(first_token, (int, np.integer)) or first_token < 0 or first_token % page:
+            problems.append(
+                f"first_token must be a multiple of page_len {page} (phases start at whole pages), got "
+                f"{first_token!r}"
+            )
         if not problems and batch_size * (seq_len + 1) > _INT32_MAX:
             problems.append(
                 f"batch_size × (seq_len + 1) = {batch_size * (seq_len + 1)} exceeds 2**31 - 1, the int32 "
@@ -166,20 +188,23 @@ class MixtureDataset(IterableDataset):
         self.schedule, self.seq_len, self.seed = schedule, int(seq_len), int(seed)
         self.batch_size, self.max_sequences = int(batch_size), max_sequences
         self.policies = {d: policies.get(d, "repeat") for d in DOMAINS}
+        self.page_len, self.first_token = int(page), int(first_token)
+        self._parts = self.page_len // self.seq_len  # windows a page holds
+        self._first_slot = self.first_token // self.page_len  # pages drawn before this phase
         if tokenizer is not None:
             self._check_tokenizer(tokenizer)
-        self.sampler = QuotaSampler(schedule, self.seq_len, self.seed)
+        self.sampler = QuotaSampler(schedule, self.page_len, self.seed)
         self.domains: dict[int, _DomainData] = {}
         missing, active = [], schedule.active_domains()
         for d, name in enumerate(DOMAINS):
             if name in self.manifest.domains:
-                self.domains[d] = _DomainData(self.manifest, name, self.seq_len)
+                self.domains[d] = _DomainData(self.manifest, name, self.page_len)
             if name in active and (d not in self.domains or not self.domains[d].sequences):
                 missing.append(name)
         if missing:
             raise ValueError(
                 f"the schedule draws from {missing} but the manifest has no packed sequence of "
-                f"{self.seq_len + 1} tokens for them: build those domains or give them weight 0"
+                f"{self.page_len + 1} tokens for them: build those domains or give them weight 0"
             )
         self._check_files(verify)
         self.config_hash = self._config_hash()
@@ -241,6 +266,8 @@ class MixtureDataset(IterableDataset):
                 DOMAINS[d]: [[s.tokens, s.sha256] for s in dom.shards] for d, dom in self.domains.items()
             },
         }
+        if (self.page_len, self.first_token) != (self.seq_len, 0):  # a phase; without, the hash of before
+            spec |= {"page_len": self.page_len, "first_token": self.first_token}
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
     # -- pure functions of the global index ---------------------------------------------------------------
@@ -251,10 +278,35 @@ class MixtureDataset(IterableDataset):
         return self.batch_size * self.world_size
 
     def locate(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """For global sequences ``start .. stop - 1``: domain index, epoch of that domain, packed window."""
-        dom, k = self.sampler.draws(start, stop)
-        epoch, window = self._windows(dom, k, np.arange(start, stop))
-        return dom, epoch, window
+        """For global sequences ``start .. stop - 1``: domain index, epoch of that domain, packed window
+        (the page, with phases: see `offsets`)."""
+        dom, k, _ = self._draws(np.array([start]), stop - start)
+        epoch, window = self._windows(dom[0], k[0], np.arange(start, stop))
+        return dom[0], epoch, window
+
+    def offsets(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """For global sequences ``start .. stop - 1``: domain index and where the sequence's seq_len + 1
+        tokens start in the domain's stream (its shards' tokens in manifest order)."""
+        dom, k, part = self._draws(np.array([start]), stop - start)
+        _, page = self._windows(dom[0], k[0], np.arange(start, stop))
+        return dom[0], self._starts(page, None if part is None else part[0])
+
+    def _draws(self, starts: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Domain, draw number and window in its page (None: pages are windows) of the global sequences
+        ``starts[i] + 0 .. length - 1``, shape ``(len(starts), length)`` each. The sampler draws pages."""
+        if self._parts == 1:
+            return (*self.sampler.draws_runs(starts + self._first_slot, length), None)
+        first = starts // self._parts
+        sequences = starts[:, None] + np.arange(length)
+        column = sequences // self._parts - first[:, None]
+        dom, k = self.sampler.draws_runs(first + self._first_slot, int(column[:, -1].max()) + 1)
+        rows = np.arange(len(starts))[:, None]
+        return dom[rows, column], k[rows, column], sequences % self._parts
+
+    def _starts(self, page: np.ndarray, part: np.ndarray | None) -> np.ndarray:
+        """Where in its domain's stream each (page, window in it) begins."""
+        start = page * (self.page_len + 1)
+        return start if part is None else start + part.ravel() * self.seq_len
 
     def _windows(self, dom: np.ndarray, k: np.ndarray, where: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Epoch and packed window of each (domain, k-th draw); ``where`` (global indices) is for errors."""
@@ -268,7 +320,7 @@ class MixtureDataset(IterableDataset):
                 g = int(where[sel][e > 0].min())
                 raise DomainExhaustedError(
                     f"domain {DOMAINS[d]!r} is exhausted at global sequence {g}: it holds {n} packed sequences "
-                    f"of {self.seq_len + 1} tokens; add data, lower its weight, or use exhaustion='repeat'"
+                    f"of {self.page_len + 1} tokens; add data, lower its weight, or use exhaustion='repeat'"
                 )
             w = np.empty_like(j)
             for ep in np.unique(e).tolist():
@@ -277,16 +329,16 @@ class MixtureDataset(IterableDataset):
             epoch[sel], window[sel] = e, w
         return epoch, window
 
-    def _locate(self, dom: np.ndarray, window: np.ndarray) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
-        """Rows for the given (domain, window) pairs: their tokens as views of the shards (copied once, where
+    def _locate(self, dom: np.ndarray, starts: np.ndarray) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+        """Rows for the given (domain, start in its stream) pairs: their tokens as views of the shards (copied once, where
         the caller knows its buffer), and per document part in them, the flat (rows × span) index where its
         document starts (``docs``; before the row's start if the document began earlier) and where the part
         starts (``cuts``). Shards are found for all rows at once; what stays per row is the slicing."""
         span = self.seq_len + 1
-        shard, off, n = np.empty_like(window), np.empty_like(window), np.empty_like(window)
+        shard, off, n = np.empty_like(starts), np.empty_like(starts), np.empty_like(starts)
         for d in np.unique(dom).tolist():
             sel = dom == d
-            shard[sel], off[sel], n[sel] = self.domains[d].shards_of(window[sel] * span, span)
+            shard[sel], off[sel], n[sel] = self.domains[d].shards_of(starts[sel], span)
         # Per part, search keys for its first and last token (uint64, the index's dtype: a Python int
         # against a uint64 index would convert the whole index).
         keys = np.stack([off, off + n - 1], axis=1).astype(np.uint64)
@@ -315,29 +367,34 @@ class MixtureDataset(IterableDataset):
         return pieces, docs, np.maximum(docs, np.repeat(bases, counts))
 
     def _fill_rows(
-        self, dom: np.ndarray, window: np.ndarray, tokens: np.ndarray, positions: np.ndarray
+        self, dom: np.ndarray, starts: np.ndarray, tokens: np.ndarray, positions: np.ndarray
     ) -> None:
-        """Rows of ``tokens`` / ``positions`` (int64, shape ``(n, span)``) for the given (domain, window) pairs."""
-        pieces, docs, cuts = self._locate(dom, window)
+        """Rows of ``tokens`` / ``positions`` (int64, shape ``(n, span)``) for the given (domain, start) pairs."""
+        pieces, docs, cuts = self._locate(dom, starts)
         np.concatenate(pieces, out=tokens.reshape(-1))
         _positions(docs, cuts, positions.reshape(-1), self._arange)
 
-    def sequence(self, domain: int, window: int) -> dict[str, torch.Tensor]:
-        """The item for packed window ``window`` of domain ``domain``."""
+    def sequence(self, domain: int, window: int, part: int = 0) -> dict[str, torch.Tensor]:
+        """The item for packed window ``window`` of domain ``domain`` (with phases: window ``part`` of page
+        ``window``)."""
+        return self._item_at(domain, self._starts(np.array([window]), np.array([part])))
+
+    def _item_at(self, domain: int, start: np.ndarray) -> dict[str, torch.Tensor]:
         tokens = np.empty((1, self.seq_len + 1), dtype=np.int64)
         positions = np.empty((1, self.seq_len + 1), dtype=np.int64)
-        self._fill_rows(np.array([domain]), np.array([window]), tokens, positions)
+        self._fill_rows(np.array([domain]), start, tokens, positions)
         return _item(tokens[0], domain, positions[0])
 
     def items(self, start: int, stop: int) -> Iterator[dict[str, torch.Tensor]]:
         """Items of global sequences ``start .. stop - 1`` in order (no rank or worker split)."""
-        dom, _, window = self.locate(start, stop)
-        for d, w in zip(dom.tolist(), window.tolist(), strict=True):
-            yield self.sequence(d, w)
+        dom, starts = self.offsets(start, stop)
+        for d, s in zip(dom.tolist(), starts.tolist(), strict=True):
+            yield self._item_at(d, np.array([s]))
 
     def epochs(self, position: int) -> dict[str, float]:
-        """Epochs of each domain's data consumed by the first ``position`` global sequences."""
-        counts = self.sampler.counts_before(position)
+        """Epochs of each domain's data consumed by the first ``position`` global sequences (of this phase's
+        run: with phases, counted in pages from the run's start)."""
+        counts = self.sampler.counts_before(self._first_slot + -(-position // self._parts))
         return {DOMAINS[d]: counts[d] / dom.sequences for d, dom in self.domains.items() if dom.sequences}
 
     # -- iteration and state -----------------------------------------------------------------------------
@@ -376,7 +433,7 @@ class MixtureDataset(IterableDataset):
         self, position: int, blocks: Iterator[np.ndarray]
     ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """This rank's runs of ``batch_size`` sequences at the chunk indices of ``blocks``: (chunk, domains,
-        windows). The rank's c-th run sits in global micro-batch c (after ``position``) at offset
+        starts in the domains' streams). The rank's c-th run sits in global micro-batch c (after ``position``) at offset
         ``rank × batch_size``. Runs are located many at a time, which is what makes mixing cheap."""
         b, G = self.batch_size, self.global_batch
         for chunks in blocks:
@@ -386,27 +443,30 @@ class MixtureDataset(IterableDataset):
                 if not len(starts):
                     return
             if G == b and starts[-1] - starts[0] == (len(starts) - 1) * b:  # contiguous runs: one range
-                dom, k = self.sampler.draws(int(starts[0]), int(starts[-1]) + b)
-                dom, k = dom.reshape(-1, b), k.reshape(-1, b)
+                dom, k, part = self._draws(starts[:1], len(starts) * b)
             else:
-                dom, k = self.sampler.draws_runs(starts, b)
+                dom, k, part = self._draws(starts, b)
+            dom, k = dom.reshape(-1, b), k.reshape(-1, b)
+            part = None if part is None else part.reshape(-1, b)
             where = starts[:, None] + np.arange(b)
             if self.max_sequences is not None:
                 keep = where < self.max_sequences
                 dom, k, where = dom[keep], k[keep], where[keep]  # only the last run can be cut short
-            _, window = self._windows(dom.ravel(), k.ravel(), where.ravel())
+                part = None if part is None else part[keep]
+            _, page = self._windows(dom.ravel(), k.ravel(), where.ravel())
+            start = self._starts(page, part)
             for r in range(len(starts)):
-                yield int(chunks[r]), dom.ravel()[r * b : (r + 1) * b], window[r * b : (r + 1) * b]
+                yield int(chunks[r]), dom.ravel()[r * b : (r + 1) * b], start[r * b : (r + 1) * b]
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         worker, workers, position, first, item = self._start()
         b = self.batch_size
         span = self.seq_len + 1
-        for chunk, dom, window in self._runs(position, self._chunks(first, 0, workers, 1)):
+        for chunk, dom, starts in self._runs(position, self._chunks(first, 0, workers, 1)):
             # Filled a run at a time (cheaper than one by one); each item is a row view of the run.
             n = len(dom) - item
             tokens, positions = np.empty((n, span), dtype=np.int64), np.empty((n, span), dtype=np.int64)
-            self._fill_rows(dom[item:], window[item:], tokens, positions)
+            self._fill_rows(dom[item:], starts[item:], tokens, positions)
             for i, d in enumerate(dom[item:].tolist()):
                 item += 1
                 nxt, it = (chunk + workers, 0) if item == b else (chunk, item)
@@ -447,8 +507,8 @@ class MixtureDataset(IterableDataset):
         group: list[tuple[np.ndarray, np.ndarray]] = []
         pool: list = []
         slots = None if free is None else (free[worker * _POOL : (worker + 1) * _POOL], worker * _POOL)
-        for _, dom, window in self._runs(position, self._chunks(first, worker, workers, runs)):
-            group.append((dom, window))
+        for _, dom, starts in self._runs(position, self._chunks(first, worker, workers, runs)):
+            group.append((dom, starts))
             if len(group) == (1 << g if g < ramp else runs):
                 yield self._pack(group, pool, slots)
                 group, g = [], g + workers
@@ -465,7 +525,7 @@ class MixtureDataset(IterableDataset):
         in a worker, as the main process frees them in ``slots`` (flags, first slot's number; `_reuse_shared`)."""
         span = self.seq_len + 1
         dom = np.concatenate([d for d, _ in runs])
-        pieces, docs, cuts = self._locate(dom, np.concatenate([w for _, w in runs]))
+        pieces, docs, cuts = self._locate(dom, np.concatenate([s for _, s in runs]))
         rows = np.array([len(d) for d, _ in runs])
         ends = np.cumsum(rows) * span  # flat index where each batch ends
         part_ends = np.searchsorted(cuts, ends).tolist()  # rows start parts: batches split the parts

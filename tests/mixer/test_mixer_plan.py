@@ -61,3 +61,28 @@ def test_plan_command_prints_the_table_and_draws_the_plot(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["plan", "--manifest", "m.json", "--total-tokens", "-5", "--seq-len", "8"])
     assert "must be > 0, got -5" in capsys.readouterr().err
+
+
+def test_plan_shows_the_phases_of_a_long_context_run_and_plans_its_pages(tmp_path, capsys):
+    _manifest({d: 2 * 10**12 for d in DOMAINS} | {"math": 10**9}).save(tmp_path / "manifest.json")
+    manifest = ["--manifest", str(tmp_path / "manifest.json")]
+    lc = ["--phase", "2420000161792:4096", "--phase", "79997960192:16384"]  # configs/motif-2.6b-lc.toml
+    assert main(["plan", *manifest, *lc]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    # 2,420,000,161,792 / 4,096 = 590,820,352 sequences, 4 to a page; 79,997,960,192 / 16,384 = 4,882,688
+    assert lines[3].split() == ["0", "0", "2.42T", "4096", "590.8M", "4"]
+    assert lines[4].split() == ["1", "2.42T", "2.5T", "16384", "4.883M", "1"]
+    assert "in pages of 16385 tokens" in out
+    # the domains' plan is the one of a run without phases at the longest seq_len: pages are its windows
+    main(["plan", *manifest, "--total-tokens", "2499998121984", "--seq-len", "16384"])
+    plain = capsys.readouterr().out
+    assert out.split("per domain")[1].splitlines()[1:] == plain.splitlines()[1:]
+    for bad, message in (
+        (["--phase", "1000:4096", "--phase", "16384:16384"], "each seq_len must divide the longest"),
+        ([*lc, "--seq-len", "4096"], "give --seq-len for a run without phases, or --phase"),
+        (["--phase", "8e10"], "expected TOKENS:SEQ_LEN such as 8e10:16384"),
+    ):
+        with pytest.raises(SystemExit):
+            main(["plan", *manifest, *bad])
+        assert message in capsys.readouterr().err

@@ -126,3 +126,15 @@ def test_without_corpus_the_shared_sample_build_is_used_and_cached(tmp_path):
     cached.write_text("{}")
     # A finished build under <out>/corpus is reused rather than rebuilt.
     assert resolve_corpus(None, tmp_path) == cached
+
+
+def test_train_estimate_of_a_run_in_phases_gives_each_phase_its_shape(capsys):
+    config = CONFIGS / "motif-2.6b-lc.toml"
+    assert main(["train-estimate", "--config", str(config)]) == 0
+    heads = [line for line in capsys.readouterr().out.splitlines() if "B parameters" in line]
+    assert len(heads) == 2
+    assert "phase 0:" in heads[0] and "micro-batch 4 × 4096 tokens" in heads[0]
+    assert "phase 1:" in heads[1] and "micro-batch 1 × 16384 tokens" in heads[1]
+    assert main(["train-estimate", "--config", str(config), "--seq-len", "2048"]) == 0
+    heads = [line for line in capsys.readouterr().out.splitlines() if "B parameters" in line]
+    assert len(heads) == 1 and "micro-batch 4 × 2048 tokens" in heads[0] and "phase" not in heads[0]

@@ -18,6 +18,23 @@ def test_shipped_configs_load_their_preset(name):
     assert cfg.schedule == "motif-2.6b"
 
 
+def test_the_long_context_config_ends_with_the_last_80b_tokens_at_16k_and_rope_base_500k():
+    from motif_data.train.loop import _spans
+
+    cfg = TrainConfig.load(CONFIGS / "motif-2.6b-lc.toml")
+    first, last = cfg.phases
+    assert (first.seq_len, first.rope_base, last.seq_len, last.rope_base) == (4096, 10_000, 16_384, 500_000)
+    assert cfg.model.max_seq_len == 16_384 and 79.9e9 < last.tokens <= 80e9
+    assert first.tokens + last.tokens == pytest.approx(2.5e12, rel=1e-5)  # the whole Motif schedule
+    # On 64 GPUs: 4 × 4 × 4,096 × 64 = 4,194,304 tokens a step in both phases, and the steps of the config.
+    spans = _spans(cfg, 64)
+    assert [s.tokens_per_step for s in spans] == [4_194_304, 4_194_304]
+    assert (
+        spans[1].first_step == first.tokens // 4_194_304
+        and cfg.steps == (first.tokens + last.tokens) // 4_194_304
+    )
+
+
 def test_model_overrides_apply_on_top_of_the_preset(tmp_path):
     path = tmp_path / "run.toml"
     path.write_text('[model]\npreset = "small"\nn_layers = 4\n[train]\nsteps = 20\nseq_len = 128\n')

@@ -8,7 +8,14 @@ import torch
 from motif_data import DOMAINS
 from motif_data.mixer import MixtureSchedule, QuotaSampler, Stage
 from motif_data.shards import ShardError
-from motif_data.trainer_hook import DomainExhaustedError, MixtureDataLoader, MixtureDataset, position_ids
+from motif_data.trainer_hook import (
+    DomainExhaustedError,
+    MixtureDataLoader,
+    MixtureDataset,
+    Phase,
+    PhasedLoader,
+    position_ids,
+)
 
 SEQ = 24
 SCHED = MixtureSchedule.preset("motif-2.6b", stage1_tokens=400 * SEQ, anneal_tokens=100 * SEQ)
@@ -94,12 +101,7 @@ def _run(manifest, world, workers, batch, limit, state=None, seed=7, per_transfe
         if state is not None:
             dl.load_state_dict(state)
         loaders.append(dl)
-    out = []
-    for batches in zip(*loaders, strict=True):
-        for b in batches:
-            ids, pos = b["input_ids"].long(), position_ids(b)
-            out += [ids[i].numpy().tobytes() + pos[i].numpy().tobytes() for i in range(len(b["domain"]))]
-    return out, loaders[0]
+    return _global_order(loaders), loaders[0]
 
 
 @pytest.mark.parametrize("world", [1, 2, 4])
@@ -139,6 +141,11 @@ def test_batches_a_trainer_keeps_stay_intact_while_the_loader_reuses_its_buffers
 def _keys(batch) -> list[bytes]:
     ids, pos = batch["input_ids"].long(), position_ids(batch)
     return [ids[i].numpy().tobytes() + pos[i].numpy().tobytes() for i in range(len(batch["domain"]))]
+
+
+def _global_order(loaders) -> list[bytes]:
+    """Step by step, the ranks' batches in rank order, each sequence keyed as `_key` keys an item."""
+    return [key for batches in zip(*loaders, strict=True) for b in batches for key in _keys(b)]
 
 
 def test_resume_is_bitwise_with_other_workers_and_world_sizes(small_build):
@@ -329,3 +336,105 @@ def test_bad_builds_and_arguments_fail_with_a_clear_message(tmp_path, build_tool
     ds = MixtureDataset(path, no_math, SEQ, seed=0)
     with pytest.raises(ShardError, match=rf"shard index {re.escape(str(index))} is corrupt: document 1"):
         ds.sequence(code, 0)
+
+
+# Phases: a short phase at seq_len SHORT, then a long one at SEQ (the page); the same schedule in tokens.
+SHORT = SEQ // 3
+
+
+def _phased(manifest, world, workers, phases, state=None, seed=7):
+    """The global order of a PhasedLoader run on ``world`` ranks, as `_run` gives it for one phase."""
+    loaders = []
+    for r in range(world):
+        per_rank = [Phase(p.tokens, p.seq_len, p.micro_batch // world, p.rope_base) for p in phases]
+        loader = PhasedLoader(manifest, SCHED, per_rank, seed, rank=r, world_size=world, num_workers=workers)
+        if state is not None:
+            loader.load_state_dict(state)
+        loaders.append(loader)
+    return _global_order(loaders), loaders
+
+
+def _pages_split(manifest, pages: range, parts: int, seed=7) -> list[bytes]:
+    """Independent reference: the pages of a run without phases at seq_len SEQ, each cut into ``parts``
+    windows of SEQ / parts + 1 tokens whose last token is the next window's first."""
+    out, n = [], SEQ // parts
+    for item in MixtureDataset(manifest, SCHED, SEQ, seed=seed).items(pages.start, pages.stop):
+        ids, pos = item["input_ids"].numpy(), item["position_ids"].numpy()
+        out += [
+            ids[r * n : r * n + n + 1].tobytes() + pos[r * n : r * n + n + 1].tobytes() for r in range(parts)
+        ]
+    return out
+
+
+# 12 global micro-batches of 12 short sequences (48 pages), then 10 of 4 long ones; global batches 12 and 4.
+PHASES = [Phase(12 * 12 * SHORT, SHORT, 12, 10_000.0), Phase(10 * 4 * SEQ, SEQ, 4, 500_000.0)]
+
+
+def test_two_ranks_and_two_workers_cover_the_stream_exactly_once_across_a_seq_len_switch(small_build):
+    manifest, _ = small_build
+    first = PHASES[0].tokens // SEQ  # pages of the short phase
+    reference = _pages_split(manifest, range(first), 3) + _pages_split(manifest, range(first, first + 40), 1)
+    assert len(set(reference)) == len(reference) == 12 * 12 + 10 * 4
+    got, loaders = _phased(manifest, world=2, workers=2, phases=PHASES)
+    assert got == reference
+    assert loaders[0].state_dict()["tokens"] == PHASES[0].tokens + PHASES[1].tokens
+
+
+@pytest.mark.parametrize("steps", [5, 12, 15])  # before, at and after the switch (after step 12)
+def test_a_phased_stream_resumes_bitwise_before_at_and_after_the_switch_with_another_layout(
+    small_build, steps
+):
+    manifest, _ = small_build
+    whole, _ = _phased(manifest, world=1, workers=0, phases=PHASES)
+    loaders = [
+        PhasedLoader(
+            manifest,
+            SCHED,
+            [Phase(p.tokens, p.seq_len, p.micro_batch // 2, p.rope_base) for p in PHASES],
+            7,
+            rank=r,
+            world_size=2,
+            num_workers=2,
+        )  # fmt: skip
+        for r in range(2)
+    ]
+    for _ in zip(range(steps), *loaders, strict=False):
+        pass
+    state = loaders[0].state_dict()
+    assert all(dl.state_dict() == state for dl in loaders)
+    # Tokens consumed, counted independently: 12 short micro-batches of 12 × SHORT, then long ones of 4 × SEQ.
+    tokens = 12 * SHORT * min(steps, 12) + 4 * SEQ * max(steps - 12, 0)
+    assert (state["phase"], state["tokens"]) == (int(steps >= 12), tokens)
+    done = 12 * min(steps, 12) + 4 * max(steps - 12, 0)  # sequences
+    for world, workers in ((1, 2), (4, 0)):
+        got, _ = _phased(manifest, world=world, workers=workers, phases=PHASES, state=state)
+        assert got == whole[done:], (steps, world, workers)
+
+
+def test_one_epoch_in_phases_trains_on_every_token_of_a_domain_once(small_build):
+    manifest, docs = small_build
+    code = MixtureSchedule.constant({d: 0.0 for d in DOMAINS} | {"code": 1.0})
+    stream = np.concatenate(docs["code"]).astype(np.int64)
+    pages = len(stream) // (SEQ + 1)
+    # A micro-batch is one page in either phase: 3 short windows or 1 long one; the switch at 60 % of it.
+    short = int(0.6 * pages)
+    phases = [Phase(short * SEQ, SHORT, 3, 1e4), Phase((pages - short) * SEQ, SEQ, 1, 5e5)]
+    loader = PhasedLoader(manifest, code, phases, 1, num_workers=2, exhaustion="error")
+    inputs = [row[:-1] for b in loader for row in b["input_ids"].long().numpy()]
+    # What the model reads as inputs: each page of SEQ + 1 tokens, less its last token (a target only).
+    expected = np.concatenate([stream[p * (SEQ + 1) : p * (SEQ + 1) + SEQ] for p in range(pages)])
+    assert np.array_equal(np.sort(np.concatenate(inputs)), np.sort(expected))
+
+
+def test_bad_phases_and_a_state_without_phases_are_refused_naming_the_fix(small_build):
+    manifest, _ = small_build
+    with pytest.raises(ValueError, match="seq_len 10 does not divide the longest seq_len 24"):
+        PhasedLoader(manifest, SCHED, [Phase(240, 10, 1, 1e4), Phase(240, SEQ, 1, 1e4)], 0)
+    with pytest.raises(ValueError, match="phase 0: 100 tokens .* make it a multiple of 48"):
+        PhasedLoader(manifest, SCHED, [Phase(100, SHORT, 6, 1e4), Phase(240, SEQ, 1, 1e4)], 0)
+    plain = MixtureDataLoader(MixtureDataset(manifest, SCHED, SEQ, seed=7)).state_dict()
+    with pytest.raises(ValueError, match="no phase: it comes from a run without"):
+        PhasedLoader(manifest, SCHED, PHASES, 7).load_state_dict(plain)
+    other = PhasedLoader(manifest, SCHED, [Phase(PHASES[0].tokens + 12 * SEQ, SHORT, 12, 1e4), PHASES[1]], 7)
+    with pytest.raises(ValueError, match="another configuration"):
+        other.load_state_dict(PhasedLoader(manifest, SCHED, PHASES, 7).state_dict() | {"phase": 1})

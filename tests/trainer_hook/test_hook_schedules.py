@@ -7,8 +7,9 @@ from motif_data import DOMAINS
 from motif_data.trainer_hook import (
     CheckpointAverager,
     DomainCounters,
+    Phase,
     average_state_dicts,
-    rope_base,
+    phase_at,
     wsd_lr,
     wsd_scheduler,
 )
@@ -54,10 +55,13 @@ def test_wsd_scheduler_drives_a_torch_optimizer():
     assert opt.param_groups[0]["lr"] == pytest.approx(0.5)
 
 
-def test_rope_base_switches_at_the_long_context_point():
-    assert rope_base(0, switch_at=2.4e12) == 10_000
-    assert rope_base(2.4e12 - 1, switch_at=2.4e12) == 10_000
-    assert rope_base(2.4e12, switch_at=2.4e12) == 500_000
+def test_the_phase_of_a_token_switches_at_the_long_context_point():
+    # Motif-2.6B-LC: 2.42T tokens at 4,096 and RoPE base 10k, then the last 80B at 16,384 and 500k.
+    phases = [Phase(2_420_000_000_000, 4096, 16, 10_000.0), Phase(80_000_000_000, 16_384, 4, 500_000.0)]
+    assert phases[phase_at(phases, 0)].rope_base == 10_000
+    assert phases[phase_at(phases, 2.42e12 - 1)].rope_base == 10_000
+    assert phases[phase_at(phases, 2.42e12)].rope_base == 500_000
+    assert phase_at(phases, 2.5e12) == phase_at(phases, 9e12) == 1  # the last phase holds past the end
 
 
 def test_sma_averages_the_last_k_snapshots_and_leaves_the_optimizer_alone():

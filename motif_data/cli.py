@@ -19,6 +19,7 @@ _COMMAND_MODULES = (
     "motif_data.demo",
     "motif_data.tokenizer.cli",
     "motif_data.pipeline.cli",
+    "motif_data.sft.cli",
     "motif_data.mixer.cli",
     "motif_data.train.cli",
     "motif_data.kernels.cli",

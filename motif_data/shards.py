@@ -10,6 +10,10 @@ A shard is two files side by side:
 
 ``manifest.json`` (next to the domain folders) lists every shard with its counts and sha256, and names the
 tokenizer, so a reader can check that shards and tokenizer belong together.
+
+An SFT build (``motif-sft-shards/1``) writes the same two files per shard plus ``NAME.mask``: one ``uint8`` per
+token of ``NAME.bin``, 1 where the token is trained on (an assistant's), 0 elsewhere; samples do not end with
+``<|endoftext|>``, the index alone separates them. Its ``manifest.json`` lists the shards of the whole mixture.
 """
 
 from __future__ import annotations
@@ -37,6 +41,12 @@ __all__ = [
     "ShardReader",
     "ShardError",
     "file_sha256",
+    "MASK_DTYPE",
+    "SFT_MANIFEST_FORMAT",
+    "MaskedShardInfo",
+    "SftManifest",
+    "MaskedShardWriter",
+    "MaskedShardReader",
 ]
 
 TOKEN_DTYPE = np.dtype("<u4")
@@ -280,3 +290,148 @@ class ShardReader:
 
     def document(self, i: int) -> np.ndarray:
         return self.tokens[int(self.offsets[i]) : int(self.offsets[i + 1])]
+
+
+MASK_DTYPE = np.dtype("u1")
+SFT_MANIFEST_FORMAT = "motif-sft-shards/1"
+
+
+@dataclass(frozen=True)
+class MaskedShardInfo(ShardInfo):
+    """An SFT shard: ``documents`` are samples, ``labelled`` the tokens whose mask is 1, ``source`` the config
+    source they all come from."""
+
+    labelled: int = 0
+    mask_sha256: str = ""
+    source: str = ""
+
+    @property
+    def mask_path(self) -> str:
+        return self.path[: -len(".bin")] + ".mask"
+
+
+@dataclass(frozen=True)
+class SftManifest:
+    """``manifest.json`` of an SFT build: the tokenizer (with its pad id) and the mixture's shards in order.
+    ``kind`` ``"preference"``: samples 2i and 2i + 1 are pair i's chosen and rejected conversations."""
+
+    tokenizer: TokenizerInfo
+    pad_id: int
+    shards: tuple[MaskedShardInfo, ...]
+    root: Path = field(default=Path("."), compare=False)
+    kind: str = "sft"
+
+    @property
+    def samples(self) -> int:
+        return sum(s.documents for s in self.shards)
+
+    @property
+    def tokens(self) -> int:
+        return sum(s.tokens for s in self.shards)
+
+    def to_dict(self) -> dict:
+        return {
+            "format": SFT_MANIFEST_FORMAT,
+            "kind": self.kind,
+            "tokenizer": asdict(self.tokenizer),
+            "pad_id": self.pad_id,
+            "samples": self.samples,
+            "tokens": self.tokens,
+            "shards": [asdict(s) for s in self.shards],
+        }
+
+    def save(self, path: str | os.PathLike) -> None:
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> SftManifest:
+        path = Path(path)
+        if path.is_dir():
+            path = path / "manifest.json"
+        if not path.is_file():
+            raise ShardError(
+                f"no manifest at {path}: pass the manifest.json of a finished `motif-data sft build`"
+            )
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ShardError(f"{path} is not valid JSON ({e}): the build that wrote it did not finish") from e
+        if data.get("format") != SFT_MANIFEST_FORMAT:
+            raise ShardError(
+                f"{path} has format {data.get('format')!r}, expected {SFT_MANIFEST_FORMAT!r}: "
+                "pass the manifest of an SFT build (a pre-training build's is read by Manifest)"
+            )
+        shards = tuple(MaskedShardInfo(**s) for s in data["shards"])
+        tokenizer = TokenizerInfo(**data["tokenizer"])
+        return cls(tokenizer, int(data["pad_id"]), shards, path.parent, data.get("kind", "sft"))
+
+    def open_shard(self, shard: MaskedShardInfo, *, verify: bool = False) -> MaskedShardReader:
+        return MaskedShardReader.open(self.root / shard.path, expected=shard, verify=verify)
+
+
+class MaskedShardWriter(ShardWriter):
+    """``ShardWriter`` that also writes each sample's loss mask to ``NAME.mask`` (renamed before the index,
+    which is still renamed last)."""
+
+    def _open(self) -> None:
+        super()._open()
+        self._mask_tmp = self.directory / f".{self._name}.mask.tmp"
+        self._mask_file = open(self._mask_tmp, "wb")
+        self._mask_hash = hashlib.sha256()
+        self._labelled = 0
+
+    def write(self, tokens: np.ndarray, mask: np.ndarray | None = None) -> None:
+        """Append one sample: its tokens and, per token, 1 where it is trained on."""
+        if mask is None or len(mask) != len(tokens):
+            raise ValueError(f"a masked shard needs one mask value per token, got {mask!r}")
+        super().write(tokens)  # may finish the previous shard and open the next
+        data = np.ascontiguousarray(mask, dtype=MASK_DTYPE).tobytes()
+        self._mask_file.write(data)
+        self._mask_hash.update(data)
+        self._labelled += int(np.count_nonzero(mask))
+
+    def _finish(self) -> None:
+        self._mask_file.flush()
+        os.fsync(self._mask_file.fileno())
+        self._mask_file.close()
+        os.replace(self._mask_tmp, self.directory / f"{self._name}.mask")
+        super()._finish()
+        info = self.shards.pop()
+        self.shards.append(
+            MaskedShardInfo(**asdict(info), labelled=self._labelled, mask_sha256=self._mask_hash.hexdigest())
+        )
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None and self._file is not None:
+            self._mask_file.close()
+            self._mask_tmp.unlink(missing_ok=True)
+        super().__exit__(exc_type, exc, tb)
+
+
+class MaskedShardReader(ShardReader):
+    """``ShardReader`` with ``mask``, the memory-mapped ``NAME.mask``."""
+
+    mask: np.ndarray
+
+    @classmethod
+    def open(
+        cls, bin_path: str | os.PathLike, *, expected: MaskedShardInfo | None = None, verify: bool = False
+    ) -> MaskedShardReader:
+        reader = super().open(bin_path, expected=expected, verify=verify)
+        mask_path = Path(bin_path).with_suffix(".mask")
+        if not mask_path.is_file():
+            raise ShardError(f"mask file {mask_path} is missing: rebuild, or point to the right manifest")
+        if mask_path.stat().st_size != reader.num_tokens * MASK_DTYPE.itemsize:
+            raise ShardError(
+                f"mask {mask_path} holds {mask_path.stat().st_size} values for {reader.num_tokens} tokens: rebuild"
+            )
+        if verify and expected is not None and file_sha256(mask_path) != expected.mask_sha256:
+            raise ShardError(f"checksum mismatch for {mask_path}: rebuild the shard")
+        reader.mask = (
+            np.memmap(mask_path, dtype=MASK_DTYPE, mode="r") if reader.num_tokens else np.empty(0, MASK_DTYPE)
+        )
+        return reader
+
+    def sample(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        a, b = int(self.offsets[i]), int(self.offsets[i + 1])
+        return self.tokens[a:b], self.mask[a:b]

@@ -4,7 +4,8 @@ Directory layout (every file byte-identical for the same encoding):
     tokenizer.tiktoken      base64 token and rank per line (tiktoken's own format), mergeable tokens only
     specials.json           name, split pattern, vocabulary size, special tokens (name → id)
     tokenizer.json          HF byte-level BPE that encodes exactly like tiktoken (see ``to_hf``)
-    tokenizer_config.json   for ``transformers.PreTrainedTokenizerFast`` / ``AutoTokenizer``
+    tokenizer_config.json   for ``transformers.PreTrainedTokenizerFast`` / ``AutoTokenizer``, with the ChatML
+                            ``chat_template`` (``chat.py``) where ``<|im_start|>``/``<|im_end|>`` exist
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import tiktoken
 from motif_data.atomic import atomic_dir, atomic_write_bytes, atomic_write_text
 from motif_data.tokenizer.base import encoding_spec
 from motif_data.tokenizer.bpe import merge_parts
+from motif_data.tokenizer.chat import CHAT_TEMPLATE, IM_END, IM_START
 from motif_data.tokenizer.vocab import BASE_RANKS
 
 __all__ = ["RANKS_FILE", "SPECIALS_FILE", "HF_FILE", "HF_CONFIG_FILE", "save", "load", "to_hf", "write_dir"]
@@ -125,6 +127,8 @@ def _hf_config(enc: tiktoken.Encoding) -> dict:
         "add_eos_token": False,
     }
     config.update({key: name for key, name in named.items() if name in specials})
+    if IM_START in specials and IM_END in specials:
+        config["chat_template"] = CHAT_TEMPLATE
     return config
 
 

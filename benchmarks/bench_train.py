@@ -26,13 +26,19 @@ VARIANTS = {
     "reference (anchor)": {"kernels": "reference", "compile": False},
     "motif_data.kernels": {"kernels": "auto", "compile": False},
     "motif_data.kernels + compile": {"kernels": "auto", "compile": True},
+    # Each decoder layer recomputed from its input in the backward: the memory it saves, the time it costs.
+    "kernels + compile, block checkpointing": {
+        "kernels": "auto",
+        "compile": True,
+        "activation_checkpointing": "block",
+    },
     # The linear cross-entropy backends inside the compiled step (the default is one of them).
     "kernels + compile, cce CE": {"kernels": "auto", "compile": True, "loss_backend": "cce"},
     "kernels + compile, dense CE": {"kernels": "auto", "compile": True, "loss_backend": "dense"},
     # Muon for the projection matrices (AdamW for the rest) and QK-clip at τ = 100: the optimizer's cost.
     "kernels + compile, muon": {"kernels": "auto", "compile": True, "optimizer": "muon"},
 }
-DEFAULT_VARIANTS = list(VARIANTS)[:3]
+DEFAULT_VARIANTS = list(VARIANTS)[:4]
 
 
 def main() -> int:
@@ -50,7 +56,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument(
         "--profile", type=int, default=0, metavar="STEPS",
-        help="then profile STEPS steps of our kernels' variant and print where the GPU time goes",
+        help="then profile STEPS steps of every variant and print where each one's GPU time goes",
     )  # fmt: skip
     args = parser.parse_args()
 
@@ -82,7 +88,12 @@ def main() -> int:
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     if args.profile:
-        profile_steps(base.replace(steps=args.profile, warmup_steps=1), corpus)
+        breakdowns = {
+            name: profile_steps(base.replace(**VARIANTS[name], steps=args.profile, warmup_steps=1), corpus)
+            for name, s in results.items()
+            if s is not None
+        }
+        print_breakdown(breakdowns)
     return 0
 
 
@@ -137,24 +148,36 @@ def run_variant(name: str, cfg, corpus: Path) -> dict | None:
                 return None
 
 
-# Kernel name fragments → what the time is spent on, first match wins.
+# Kernel name fragments → what the time is spent on, first match wins. The references' kernels count too:
+# SDPA's flash/efficient kernels as attention, the plain logits' softmax and NLL as cross-entropy.
 _CATEGORIES = (
-    ("differential attention (ours)", ("_diff_attn",)),
-    ("PolyNorm ⊙ up (ours)", ("_poly_norm",)),
+    ("attention", ("_diff_attn", "_map_bwd", "_grouped_bwd", "flash", "fmha", "attention", "sdpa")),
+    ("PolyNorm", ("_poly_norm", "polynorm")),
     (
-        "linear cross-entropy",
-        ("_cce", "cce_", "_ce_", "linear_cross", "cross_entropy", "softmax_minus_onehot"),
+        "cross-entropy",
+        (
+            "_cce",
+            "cce_",
+            "_ce_",
+            "linear_cross",
+            "cross_entropy",
+            "softmax_minus_onehot",
+            "log_softmax",
+            "nll",
+        ),
     ),
-    ("matrix products", ("gemm", "sm90", "cutlass", "cublas", "nvjet", "xmma")),
-    ("optimizer", ("adam", "multi_tensor", "foreach")),
+    ("GEMMs", ("gemm", "sm90", "cutlass", "cublas", "nvjet", "xmma")),
+    ("optimizer", ("adam", "multi_tensor", "foreach", "muon")),
 )
+_OTHER = "other (elementwise, norms, copies)"
 
 
-def profile_steps(cfg, corpus: Path) -> None:
-    """Kernel time per step by category, against the wall step time (the difference is GPU idle time)."""
+def profile_steps(cfg, corpus: Path) -> dict[str, float]:
+    """GPU kernel time per step by category (ms) over ``cfg.steps`` profiled steps, plus "idle": the median
+    wall step minus all kernel time (host work the GPU waits for), and "step": the median wall step."""
     from torch.profiler import ProfilerActivity, profile
 
-    with tempfile.TemporaryDirectory() as warm:  # autotuning and allocator warm-up outside the profile
+    with tempfile.TemporaryDirectory() as warm:  # autotuning, compiling and allocator warm-up outside
         train(cfg.replace(steps=2), warm, corpus)
     on_gpu = torch.cuda.is_available()
     activity, attr = (
@@ -164,26 +187,34 @@ def profile_steps(cfg, corpus: Path) -> None:
     )
     with tempfile.TemporaryDirectory() as out, profile(activities=[activity]) as prof:
         summary = train(cfg, out, corpus)
-    per_category: dict[str, float] = {}
-    events = prof.key_averages()
-    for event in events:
+    per_category = dict.fromkeys([c for c, _ in _CATEGORIES] + [_OTHER], 0.0)
+    for event in prof.key_averages():
         us = getattr(event, attr)
-        if us <= 0:
+        if us <= 0 or (on_gpu and event.device_type != torch.autograd.DeviceType.CUDA):
             continue
         name = event.key.lower()
-        category = next(
-            (c for c, keys in _CATEGORIES if any(k in name for k in keys)), "other (elementwise, norms…)"
-        )
-        per_category[category] = per_category.get(category, 0.0) + us / 1e3 / cfg.steps
-    total = sum(per_category.values())
-    print(f"\nGPU time per step over {cfg.steps} profiled steps (kernels variant):")
-    for category, ms in sorted(per_category.items(), key=lambda kv: -kv[1]):
-        print(f"  {category:34s} {ms:8.1f} ms  {ms / total:6.1%}")
-    print(
-        f"  {'all kernels':34s} {total:8.1f} ms; median wall step {summary['median_step_time_s'] * 1e3:.1f} ms"
-    )
-    for event in sorted(events, key=lambda e: -getattr(e, attr))[:20]:
-        print(f"    {getattr(event, attr) / 1e3 / cfg.steps:8.2f} ms/step  {event.key[:90]}")
+        category = next((c for c, keys in _CATEGORIES if any(k in name for k in keys)), _OTHER)
+        per_category[category] += us / 1e3 / cfg.steps
+    step = summary["median_step_time_s"] * 1e3
+    per_category["idle"] = max(0.0, step - sum(per_category.values()))
+    per_category["step"] = step
+    return per_category
+
+
+def print_breakdown(breakdowns: dict[str, dict[str, float]]) -> None:
+    """One column a variant: ms per step in each category and its share of the step."""
+    if not breakdowns:
+        return
+    names = list(breakdowns)
+    rows = [c for c, _ in _CATEGORIES] + [_OTHER, "idle", "step"]
+    print("\nstep-time breakdown, ms per step (share of the step), from the profiler's GPU kernel times:")
+    print(f"{'':36s}" + "".join(f"{n[:26]:>28s}" for n in names))
+    for row in rows:
+        cells = []
+        for n in names:
+            ms, step = breakdowns[n][row], breakdowns[n]["step"]
+            cells.append(f"{ms:10.1f} ({ms / step:5.1%})" if row != "step" else f"{ms:10.1f}")
+        print(f"{row:36s}" + "".join(f"{c:>28s}" for c in cells))
 
 
 if __name__ == "__main__":

@@ -168,6 +168,14 @@ def _run_ops() -> None:
         ]
         out = grouped_diff_attention(*tensors, _meta(dtype=torch.float32, grad=True))
         out.backward(torch.empty_like(out))
+        if (d, dv) == ATTENTION_SHAPES[0]:  # document masking (DOC kernels), at Motif's head shape only
+            docs = _meta(2, 1, ATTENTION_SEQ, dtype=torch.int32)
+            yield "diff_attention", f"D={d} Dv={dv} S={ATTENTION_SEQ} bf16 causal documents"
+            out = diff_attention(q, k, v, _meta(dtype=torch.float32, grad=True), documents=docs)
+            out.backward(torch.empty_like(out))
+            yield "grouped_diff_attention", f"D={d} Dv={dv} S={ATTENTION_SEQ} r=4 bf16 causal documents"
+            out = grouped_diff_attention(*tensors, _meta(dtype=torch.float32, grad=True), documents=docs)
+            out.backward(torch.empty_like(out))
     for n in POLYNORM_WIDTHS:
         w, b = _meta(3, dtype=torch.float32, grad=True), _meta(1, dtype=torch.float32, grad=True)
         yield "poly_norm", f"N={n} bf16"

@@ -1,6 +1,7 @@
 """Differential attention: softmax(Q₁K₁ᵀ·s)V − λ·softmax(Q₂K₂ᵀ·s)V with flash-style tiled Triton kernels.
 
 q, k: (B, 2H, S, D), maps 2h and 2h+1 belong to differential head h; v: (B, H, S, Dv); λ a 0-dim tensor.
+Optionally masked to documents (``documents``: `motif_data.kernels.documents`), whole blocks skipped.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import triton.language as tl
 from torch import nn
 
 from motif_data.kernels._device import launch, precision, tuned, use_triton
+from motif_data.kernels.documents import document_mask
 from motif_data.kernels.rmsnorm import RMSNorm
 
 __all__ = [
@@ -40,9 +42,11 @@ def reference_grouped_diff_attention(
     *,
     causal: bool = True,
     sm_scale: float | None = None,
+    documents: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Two SDPA calls over every signal head, the noise map repeated for each head of its group (so computed r
-    times, as r separate differential-attention calls would); K/V heads repeated to their query maps."""
+    times, as r separate differential-attention calls would); K/V heads repeated to their query maps. With
+    ``documents`` (causal only) the calls take the dense document mask."""
     scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(q_signal.shape[-1])
     heads = q_signal.shape[1]
     ratio = heads // q_noise.shape[1]
@@ -51,11 +55,12 @@ def reference_grouped_diff_attention(
         return t.repeat_interleave(n, dim=1) if n > 1 else t
 
     values = rep(v, heads // v.shape[1])
+    mask = {"is_causal": causal} if documents is None else {"attn_mask": document_mask(documents)}
     o1 = F.scaled_dot_product_attention(
-        q_signal, rep(k_signal, heads // k_signal.shape[1]), values, is_causal=causal, scale=scale
+        q_signal, rep(k_signal, heads // k_signal.shape[1]), values, scale=scale, **mask
     )
     o2 = F.scaled_dot_product_attention(
-        rep(q_noise, ratio), rep(k_noise, heads // k_noise.shape[1]), values, is_causal=causal, scale=scale
+        rep(q_noise, ratio), rep(k_noise, heads // k_noise.shape[1]), values, scale=scale, **mask
     )
     lam = lambda_.view(1, -1, 1, 1) if lambda_.ndim == 1 else lambda_
     return o1 - lam.to(o2.dtype) * o2
@@ -69,22 +74,31 @@ def reference_diff_attention(
     *,
     causal: bool = True,
     sm_scale: float | None = None,
+    documents: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Two SDPA calls, one per softmax map, sharing V; result (B, H, S, Dv) in v.dtype."""
     return reference_grouped_diff_attention(
-        q[:, 0::2], k[:, 0::2], q[:, 1::2], k[:, 1::2], v, lambda_, causal=causal, sm_scale=sm_scale
-    )
+        q[:, 0::2], k[:, 0::2], q[:, 1::2], k[:, 1::2], v, lambda_, causal=causal, sm_scale=sm_scale,
+        documents=documents,
+    )  # fmt: skip
 
 
 def reference_max_logits(
-    q: torch.Tensor, k: torch.Tensor, *, causal: bool = True, sm_scale: float | None = None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    *,
+    causal: bool = True,
+    sm_scale: float | None = None,
+    documents: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Each query map's largest pre-softmax logit q·k·s over batch, positions and (causal) keys: (maps,) fp32.
     k may have fewer heads than q (each serving a run of query maps). Materialises the scores: CPU/tests."""
     scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(q.shape[-1])
     keys = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1) if k.shape[1] != q.shape[1] else k
     scores = (q.float() @ keys.float().transpose(-1, -2)) * scale
-    if causal:
+    if documents is not None:
+        scores = scores.masked_fill(~document_mask(documents), float("-inf"))
+    elif causal:
         s = q.shape[2]
         scores = scores.masked_fill(
             torch.ones(s, s, dtype=torch.bool, device=q.device).triu(1), float("-inf")
@@ -140,6 +154,16 @@ _LISTS = {
                                                "gfx950": [0, 1, 2, 3, 10, 11, 12]}),
     "bwd_q": (_CUDA_BWD_Q, _AMD_BWD_Q, {"gfx90a": [0, 1, 2, 3, 10, 11, 12], "gfx942": [0, 1, 2, 3, 8, 10, 11, 12],
                                         "gfx950": [0, 1, 2, 3, 4, 8, 10, 11, 12]}),
+    # Document masking (DOC) holds each row's document start and one more masked loop: at D = 128, Dv = 256 these
+    # tiles of the lists above then spill (`kernels check`, 2026-12-02): the forward's 128 × 64 at 8 warps on
+    # gfx950; the paired dK/dV's 32 × 32 (all three) and 32 × 64 (gfx950); the paired dQ's 64 × 32 at two stages
+    # (gfx942, gfx950) and 32 × 64 (gfx950). The grouped kernels' DOC variants fit in their lists.
+    "fwd_doc": (_CUDA_FWD, _AMD_FWD, {"gfx90a": [0, 1, 2, 3, 4, 6, 7], "gfx942": [0, 1, 2, 3, 4, 6, 7, 8],
+                                      "gfx950": [0, 1, 2, 3, 4, 6, 7, 8]}),
+    "bwd_kv_doc": (_CUDA_BWD_KV, _AMD_BWD_KV, {"gfx90a": [1, 2, 10, 11, 12], "gfx942": [1, 2, 10, 11, 12],
+                                               "gfx950": [1, 2, 10, 11, 12]}),
+    "bwd_q_doc": (_CUDA_BWD_Q, _AMD_BWD_Q, {"gfx90a": [0, 1, 2, 3, 10, 11, 12], "gfx942": [0, 1, 2, 3, 10, 11, 12],
+                                            "gfx950": [0, 1, 2, 3, 10, 11, 12]}),
 }  # fmt: skip
 
 
@@ -180,10 +204,37 @@ def _batch_head(H):
 
 
 @triton.jit
+def _document_window(STARTS, pid_m, offs_m, mid, S, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     DOC: tl.constexpr):  # fmt: skip
+    # A query block's keys under document masking (causal): none before the key block holding its first row's
+    # document start (lo); all, for every row, from its last row's document start up to the diagonal (full).
+    # Without DOC: every key from 0, none masked before the diagonal. Returns (row starts, lo, full).
+    row_start, lo, full = offs_m, 0, 0
+    if DOC:
+        row_start = tl.load(STARTS + offs_m, mask=offs_m < S, other=0)
+        lo = (tl.load(STARTS + pid_m * BLOCK_M) // BLOCK_N) * BLOCK_N
+        last = tl.load(STARTS + tl.minimum((pid_m + 1) * BLOCK_M, S) - 1)
+        full = tl.minimum((last + BLOCK_N - 1) // BLOCK_N * BLOCK_N, mid)
+    return row_start, lo, full
+
+
+@triton.jit
+def _key_window(ENDS, start_n, mid, S, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    # A key block's queries under document masking (causal), from `mid` (past the diagonal blocks) on: all of
+    # its keys, for every query before the end of its first key's document, rounded down to a query block
+    # (full: a boundary inside the key block ends that document before `mid`, so the range is then empty);
+    # none from the end of its last key's document on (hi).
+    full = tl.maximum((tl.load(ENDS + start_n) // BLOCK_M) * BLOCK_M, mid)
+    hi = tl.load(ENDS + tl.minimum(start_n + BLOCK_N, S) - 1)
+    return full, hi
+
+
+@triton.jit
 def _fwd_inner(
-    acc, l_i, m_i, q, k_ptrs, v_ptrs, offs_m, lo, hi, stride_ks, stride_vs, S, qk_scale,
-    BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr,
+    acc, l_i, m_i, q, k_ptrs, v_ptrs, offs_m, row_start, lo, hi, stride_ks, stride_vs, S, qk_scale,
+    BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, DOC: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
+    # DOC (with MASKED): keys before each row's document start (row_start) are masked too.
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         if MASKED:
@@ -195,11 +246,18 @@ def _fwd_inner(
             valid = offs_n[None, :] < S
             if CAUSAL:
                 valid = valid & (offs_m[:, None] >= offs_n[None, :])
+            if DOC:
+                valid = valid & (offs_n[None, :] >= row_start[:, None])
             s = tl.where(valid, s, float("-inf"))
         # The scale is applied inside exp2's argument (one FMA per score) rather than to every score first.
         m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
-        p = tl.math.exp2(s * qk_scale - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
+        m_use = m_new
+        if DOC:
+            if MASKED:
+                # A row may have met no key of its document yet (max −inf): exp2(−inf − −inf) would be NaN.
+                m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(s * qk_scale - m_use[:, None])
+        alpha = tl.math.exp2(m_i - m_use)
         l_i = l_i * alpha + tl.sum(p, 1)
         if MASKED:
             v = tl.load(v_ptrs + start_n * stride_vs, mask=offs_n[:, None] < S, other=0.0)
@@ -221,7 +279,7 @@ def _fwd_inner(
 # this one 0.951 ms, two SDPA calls 1.075 ms.
 @triton.jit
 def _diff_attn_fwd_kernel(
-    Q, K, V, LAM, OUT, O2, LSE, MAXL,
+    Q, K, V, LAM, OUT, O2, LSE, MAXL, DSTART,
     stride_qb, stride_qh, stride_qs,
     stride_kb, stride_kh, stride_ks,
     stride_vb, stride_vh, stride_vs,
@@ -229,7 +287,7 @@ def _diff_attn_fwd_kernel(
     stride_nb, stride_nh, stride_ns,
     H, S, qk_scale, K_GROUP, V_MUL, V_DIV, R, stride_lam,
     D: tl.constexpr, DV: tl.constexpr, NV: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr,
-    SIGNAL: tl.constexpr, LSE_STRIDE: tl.constexpr, TRACK_MAX: tl.constexpr,
+    SIGNAL: tl.constexpr, LSE_STRIDE: tl.constexpr, TRACK_MAX: tl.constexpr, DOC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     # Map h reads key head h // K_GROUP and the NV value heads from (h·V_MUL) // V_DIV on; O2 is (B, H_noise, S,
@@ -259,13 +317,19 @@ def _diff_attn_fwd_kernel(
     else:
         mid = (S // BLOCK_N) * BLOCK_N
         hi = S
+    row_start, lo, full = _document_window(DSTART + b * S, pid_m, offs_m, mid, S, BLOCK_M, BLOCK_N, DOC)
+    if DOC:  # the key blocks across the rows' document starts, then the blocks every row sees whole
+        acc, l_i, m_i = _fwd_inner(
+            acc, l_i, m_i, q, k_ptrs, v_ptrs, offs_m, row_start, lo, full,
+            stride_ks, stride_vs, S, qk_scale, BLOCK_N, True, CAUSAL, True, PREC,
+        )  # fmt: skip
     acc, l_i, m_i = _fwd_inner(
-        acc, l_i, m_i, q, k_ptrs, v_ptrs, offs_m, 0, mid,
-        stride_ks, stride_vs, S, qk_scale, BLOCK_N, False, CAUSAL, PREC,
+        acc, l_i, m_i, q, k_ptrs, v_ptrs, offs_m, row_start, full, mid,
+        stride_ks, stride_vs, S, qk_scale, BLOCK_N, False, CAUSAL, False, PREC,
     )  # fmt: skip
     acc, l_i, m_i = _fwd_inner(
-        acc, l_i, m_i, q, k_ptrs, v_ptrs, offs_m, mid, hi,
-        stride_ks, stride_vs, S, qk_scale, BLOCK_N, True, CAUSAL, PREC,
+        acc, l_i, m_i, q, k_ptrs, v_ptrs, offs_m, row_start, mid, hi,
+        stride_ks, stride_vs, S, qk_scale, BLOCK_N, True, CAUSAL, DOC, PREC,
     )  # fmt: skip
     o = acc / l_i[:, None]
     if SIGNAL:
@@ -315,9 +379,9 @@ def _diff_attn_bwd_delta_kernel(
 
 @triton.jit
 def _bwd_kv_inner(
-    dk1, dk2, dv, k1, k2, v, q1_ptrs, q2_ptrs, do_ptrs, LSE_BH, DELTA_BH, offs_n, lo, hi,
+    dk1, dk2, dv, k1, k2, v, q1_ptrs, q2_ptrs, do_ptrs, LSE_BH, DELTA_BH, STARTS, offs_n, lo, hi,
     stride_qs, stride_dos, S, qk_scale, lam,
-    BLOCK_M: tl.constexpr, MASKED: tl.constexpr, PREC: tl.constexpr, PART: tl.constexpr,
+    BLOCK_M: tl.constexpr, MASKED: tl.constexpr, DOC: tl.constexpr, PREC: tl.constexpr, PART: tl.constexpr,
 ):  # fmt: skip
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -333,6 +397,8 @@ def _bwd_kv_inner(
         p2 = tl.math.exp2(_dot(k2, tl.trans(q2), PREC) * qk_scale - lse2[None, :])
         if MASKED:
             valid = offs_m[None, :] >= offs_n[:, None]
+            if DOC:  # and each query sees keys from its document's start on
+                valid = valid & (tl.load(STARTS + offs_m, mask=row_ok, other=S)[None, :] <= offs_n[:, None])
             p1 = tl.where(valid, p1, 0.0)
             p2 = tl.where(valid, p2, 0.0)
         if PART == "dv":
@@ -354,14 +420,14 @@ def _bwd_kv_inner(
 # runs 1.3× faster in all (H100, B = 4, S = 4,096: fwd+bwd 5.66 → 4.38 ms).
 @triton.jit
 def _diff_attn_bwd_kv_kernel(
-    Q, K, V, DO, LAM, LSE, DELTA, DK, DVAL,
+    Q, K, V, DO, LAM, LSE, DELTA, DK, DVAL, DSTART, DEND,
     stride_qb, stride_qh, stride_qs,
     stride_kb, stride_kh, stride_ks,
     stride_vb, stride_vh, stride_vs,
     stride_dob, stride_doh, stride_dos,
     H, S, qk_scale, sm_scale,
     D: tl.constexpr, DV: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr, PART: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     # fp32 scales, as in the forward (Inductor hands Python floats over as fp64).
     qk_scale, sm_scale = tl.full([], qk_scale, tl.float32), tl.full([], sm_scale, tl.float32)
@@ -395,20 +461,29 @@ def _diff_attn_bwd_kv_kernel(
     dk1 = tl.zeros([BLOCK_N, D], tl.float32)
     dk2 = tl.zeros([BLOCK_N, D], tl.float32)
     dv = tl.zeros([BLOCK_N, DV], tl.float32)
+    starts = DSTART + b * S
+    full, hi = S, S
     if CAUSAL:
         # Query blocks that straddle this key block need the causal mask; later ones see all its keys.
         lo = (start_n // BLOCK_M) * BLOCK_M
         mid = lo + ((start_n + BLOCK_N - lo + BLOCK_M - 1) // BLOCK_M) * BLOCK_M
+        if DOC:
+            full, hi = _key_window(DEND + b * S, start_n, mid, S, BLOCK_M, BLOCK_N)
         dk1, dk2, dv = _bwd_kv_inner(
-            dk1, dk2, dv, k1, k2, v, q1_ptrs, q2_ptrs, do_ptrs, lse_bh, delta_bh, offs_n, lo, mid,
-            stride_qs, stride_dos, S, qk_scale, lam, BLOCK_M, True, PREC, PART,
+            dk1, dk2, dv, k1, k2, v, q1_ptrs, q2_ptrs, do_ptrs, lse_bh, delta_bh, starts, offs_n, lo,
+            tl.minimum(mid, hi), stride_qs, stride_dos, S, qk_scale, lam, BLOCK_M, True, DOC, PREC, PART,
         )  # fmt: skip
     else:
         mid = 0
     dk1, dk2, dv = _bwd_kv_inner(
-        dk1, dk2, dv, k1, k2, v, q1_ptrs, q2_ptrs, do_ptrs, lse_bh, delta_bh, offs_n, mid, S,
-        stride_qs, stride_dos, S, qk_scale, lam, BLOCK_M, False, PREC, PART,
+        dk1, dk2, dv, k1, k2, v, q1_ptrs, q2_ptrs, do_ptrs, lse_bh, delta_bh, starts, offs_n, mid, full,
+        stride_qs, stride_dos, S, qk_scale, lam, BLOCK_M, False, False, PREC, PART,
     )  # fmt: skip
+    if DOC:  # the query blocks across the keys' document ends
+        dk1, dk2, dv = _bwd_kv_inner(
+            dk1, dk2, dv, k1, k2, v, q1_ptrs, q2_ptrs, do_ptrs, lse_bh, delta_bh, starts, offs_n, full, hi,
+            stride_qs, stride_dos, S, qk_scale, lam, BLOCK_M, True, True, PREC, PART,
+        )  # fmt: skip
     if PART == "dk":
         dk_off = ((b * 2 * H + 2 * h) * S + offs_n[:, None]) * D + offs_d[None, :]
         tl.store(DK + dk_off, (dk1 * sm_scale).to(DK.dtype.element_ty), mask=n_ok)
@@ -420,9 +495,9 @@ def _diff_attn_bwd_kv_kernel(
 
 @triton.jit
 def _bwd_q_inner(
-    dq1, dq2, q1, q2, do, lse1, lse2, d1, d2, k1_ptrs, k2_ptrs, v_ptrs, offs_m, lo, hi,
+    dq1, dq2, q1, q2, do, lse1, lse2, d1, d2, k1_ptrs, k2_ptrs, v_ptrs, offs_m, row_start, lo, hi,
     stride_ks, stride_vs, S, qk_scale, lam,
-    BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, DOC: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -441,6 +516,8 @@ def _bwd_q_inner(
             valid = offs_n[None, :] < S
             if CAUSAL:
                 valid = valid & (offs_m[:, None] >= offs_n[None, :])
+            if DOC:
+                valid = valid & (offs_n[None, :] >= row_start[:, None])
             p1 = tl.where(valid, p1, 0.0)
             p2 = tl.where(valid, p2, 0.0)
         dp = _dot(do, tl.trans(v), PREC)
@@ -453,13 +530,13 @@ def _bwd_q_inner(
 
 @triton.jit
 def _diff_attn_bwd_q_kernel(
-    Q, K, V, DO, LAM, LSE, DELTA, DQ,
+    Q, K, V, DO, LAM, LSE, DELTA, DQ, DSTART,
     stride_qb, stride_qh, stride_qs,
     stride_kb, stride_kh, stride_ks,
     stride_vb, stride_vh, stride_vs,
     stride_dob, stride_doh, stride_dos,
     H, S, qk_scale, sm_scale,
-    D: tl.constexpr, DV: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr,
+    D: tl.constexpr, DV: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr, DOC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     # fp32 scales, as in the forward (Inductor hands Python floats over as fp64).
@@ -497,13 +574,19 @@ def _diff_attn_bwd_q_kernel(
     else:
         mid = (S // BLOCK_N) * BLOCK_N
         hi = S
+    row_start, lo, full = _document_window(DSTART + b * S, pid_m, offs_m, mid, S, BLOCK_M, BLOCK_N, DOC)
+    if DOC:
+        dq1, dq2 = _bwd_q_inner(
+            dq1, dq2, q1, q2, do, lse1, lse2, d1, d2, k1_ptrs, k2_ptrs, v_ptrs, offs_m, row_start, lo, full,
+            stride_ks, stride_vs, S, qk_scale, lam, BLOCK_N, True, CAUSAL, True, PREC,
+        )  # fmt: skip
     dq1, dq2 = _bwd_q_inner(
-        dq1, dq2, q1, q2, do, lse1, lse2, d1, d2, k1_ptrs, k2_ptrs, v_ptrs, offs_m, 0, mid,
-        stride_ks, stride_vs, S, qk_scale, lam, BLOCK_N, False, CAUSAL, PREC,
+        dq1, dq2, q1, q2, do, lse1, lse2, d1, d2, k1_ptrs, k2_ptrs, v_ptrs, offs_m, row_start, full, mid,
+        stride_ks, stride_vs, S, qk_scale, lam, BLOCK_N, False, CAUSAL, False, PREC,
     )  # fmt: skip
     dq1, dq2 = _bwd_q_inner(
-        dq1, dq2, q1, q2, do, lse1, lse2, d1, d2, k1_ptrs, k2_ptrs, v_ptrs, offs_m, mid, hi,
-        stride_ks, stride_vs, S, qk_scale, lam, BLOCK_N, True, CAUSAL, PREC,
+        dq1, dq2, q1, q2, do, lse1, lse2, d1, d2, k1_ptrs, k2_ptrs, v_ptrs, offs_m, row_start, mid, hi,
+        stride_ks, stride_vs, S, qk_scale, lam, BLOCK_N, True, CAUSAL, DOC, PREC,
     )  # fmt: skip
     dq_off = ((b * 2 * H + 2 * h) * S + offs_m[:, None]) * D + offs_d[None, :]
     tl.store(DQ + dq_off, (dq1 * sm_scale).to(DQ.dtype.element_ty), mask=m_ok[:, None])
@@ -519,8 +602,8 @@ def _diff_attn_bwd_q_kernel(
 # ---------------------------------------------------------------------------------------------------------
 @triton.jit
 def _map_bwd_kv_inner(
-    dk, dv, k, v, q_ptrs, do_ptrs, LSE_BH, DELTA_BH, offs_n, lo, hi, stride_qs, stride_dos, S, qk_scale,
-    BLOCK_M: tl.constexpr, MASKED: tl.constexpr, PREC: tl.constexpr, PART: tl.constexpr,
+    dk, dv, k, v, q_ptrs, do_ptrs, LSE_BH, DELTA_BH, STARTS, offs_n, lo, hi, stride_qs, stride_dos, S, qk_scale,
+    BLOCK_M: tl.constexpr, MASKED: tl.constexpr, DOC: tl.constexpr, PREC: tl.constexpr, PART: tl.constexpr,
 ):  # fmt: skip
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -531,7 +614,10 @@ def _map_bwd_kv_inner(
         lse = tl.load(LSE_BH + offs_m, mask=row_ok, other=0.0)
         p = tl.math.exp2(_dot(k, tl.trans(q), PREC) * qk_scale - lse[None, :])  # (BLOCK_N, BLOCK_M)
         if MASKED:
-            p = tl.where(offs_m[None, :] >= offs_n[:, None], p, 0.0)
+            valid = offs_m[None, :] >= offs_n[:, None]
+            if DOC:  # and each query sees keys from its document's start on
+                valid = valid & (tl.load(STARTS + offs_m, mask=row_ok, other=S)[None, :] <= offs_n[:, None])
+            p = tl.where(valid, p, 0.0)
         if PART == "dv":
             dv += _dot(p.to(do.dtype), do, PREC)
         else:
@@ -543,7 +629,7 @@ def _map_bwd_kv_inner(
 
 @triton.jit
 def _map_bwd_kv_kernel(
-    Q, K, V, DO, LSE, DELTA, DK, DVAL, DV_NOISE,
+    Q, K, V, DO, LSE, DELTA, DK, DVAL, DV_NOISE, DSTART, DEND,
     stride_qb, stride_qh, stride_qs,
     stride_kb, stride_kh, stride_ks,
     stride_vb, stride_vh, stride_vs,
@@ -552,7 +638,8 @@ def _map_bwd_kv_kernel(
     stride_dvb, stride_dvh, stride_dvs,
     UNITS, MAPS, S, qk_scale, sm_scale, K_GROUP, V_MUL, V_DIV,
     D: tl.constexpr, DV: tl.constexpr, NV: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr,
-    PART: tl.constexpr, ADD_NOISE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    PART: tl.constexpr, ADD_NOISE: tl.constexpr, DOC: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     # One key block of one key head (PART "dk") or value unit (PART "dv") a program, summing over the MAPS maps
     # that read it (h = unit·MAPS + t): GQA's sharing summed in registers, written once in the input's dtype.
@@ -569,6 +656,15 @@ def _map_bwd_kv_kernel(
     heads = UNITS * MAPS
     dk = tl.zeros([BLOCK_N, D], tl.float32)
     dv = tl.zeros([BLOCK_N, NV * DV], tl.float32)
+    # The query ranges, the same for every map: [lo, mid) straddles the diagonal; [mid, full) sees all keys;
+    # [full, hi) crosses the keys' document ends (DOC only).
+    starts = DSTART + b * S
+    lo, mid, full, hi = 0, 0, S, S
+    if CAUSAL:
+        lo = (start_n // BLOCK_M) * BLOCK_M
+        mid = lo + ((start_n + BLOCK_N - lo + BLOCK_M - 1) // BLOCK_M) * BLOCK_M
+        if DOC:
+            full, hi = _key_window(DEND + b * S, start_n, mid, S, BLOCK_M, BLOCK_N)
     for t in range(0, MAPS):
         h = u * MAPS + t
         bh64 = b * heads + h
@@ -581,20 +677,21 @@ def _map_bwd_kv_kernel(
                     mask=n_ok, other=0.0)  # fmt: skip
         q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :]
         do_ptrs = DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dos + offs_w[None, :]
-        if CAUSAL:
-            # Query blocks that straddle this key block need the causal mask; later ones see all its keys.
-            lo = (start_n // BLOCK_M) * BLOCK_M
-            mid = lo + ((start_n + BLOCK_N - lo + BLOCK_M - 1) // BLOCK_M) * BLOCK_M
+        lse_bh, delta_bh = LSE + bh64 * S, DELTA + bh64 * S
+        if CAUSAL:  # query blocks that straddle this key block need the causal mask
             dk, dv = _map_bwd_kv_inner(
-                dk, dv, k, v, q_ptrs, do_ptrs, LSE + bh64 * S, DELTA + bh64 * S, offs_n, lo, mid,
-                stride_qs, stride_dos, S, qk_scale, BLOCK_M, True, PREC, PART,
+                dk, dv, k, v, q_ptrs, do_ptrs, lse_bh, delta_bh, starts, offs_n, lo, tl.minimum(mid, hi),
+                stride_qs, stride_dos, S, qk_scale, BLOCK_M, True, DOC, PREC, PART,
             )  # fmt: skip
-        else:
-            mid = 0
         dk, dv = _map_bwd_kv_inner(
-            dk, dv, k, v, q_ptrs, do_ptrs, LSE + bh64 * S, DELTA + bh64 * S, offs_n, mid, S,
-            stride_qs, stride_dos, S, qk_scale, BLOCK_M, False, PREC, PART,
+            dk, dv, k, v, q_ptrs, do_ptrs, lse_bh, delta_bh, starts, offs_n, mid, full,
+            stride_qs, stride_dos, S, qk_scale, BLOCK_M, False, False, PREC, PART,
         )  # fmt: skip
+        if DOC:
+            dk, dv = _map_bwd_kv_inner(
+                dk, dv, k, v, q_ptrs, do_ptrs, lse_bh, delta_bh, starts, offs_n, full, hi,
+                stride_qs, stride_dos, S, qk_scale, BLOCK_M, True, True, PREC, PART,
+            )  # fmt: skip
     if PART == "dk":
         dk_off = b * stride_dkb + u * stride_dkh + offs_n[:, None] * stride_dks + offs_d[None, :]
         tl.store(DK + dk_off, (dk * sm_scale).to(DK.dtype.element_ty), mask=n_ok)
@@ -660,14 +757,14 @@ def _grouped_bwd_delta_kernel(
 
 @triton.jit
 def _map_bwd_q_kernel(
-    Q, K, V, DO, LSE, DELTA, DQ,
+    Q, K, V, DO, LSE, DELTA, DQ, DSTART,
     stride_qb, stride_qh, stride_qs,
     stride_kb, stride_kh, stride_ks,
     stride_vb, stride_vh, stride_vs,
     stride_dob, stride_doh, stride_dos,
     H, S, qk_scale, sm_scale, K_GROUP, V_MUL, V_DIV,
     D: tl.constexpr, DV: tl.constexpr, NV: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     qk_scale, sm_scale = tl.full([], qk_scale, tl.float32), tl.full([], sm_scale, tl.float32)
     pid_m = tl.program_id(0)
@@ -695,17 +792,21 @@ def _map_bwd_q_kernel(
     else:
         mid = (S // BLOCK_N) * BLOCK_N
         hi = S
-    for start_n in range(0, hi, BLOCK_N):
+    row_start, lo, full = _document_window(DSTART + b * S, pid_m, offs_m, mid, S, BLOCK_M, BLOCK_N, DOC)
+    for start_n in range(lo, hi, BLOCK_N):
         offs_kn = start_n + offs_n
-        # Only the blocks from `mid` on need masks; the loop is one so that the kernel stays short.
+        # Only the blocks from `mid` on (and, DOC, those before `full`) need masks; the loop is one so that the
+        # kernel stays short.
         n_ok = offs_kn[:, None] < S
         k = tl.load(k_ptrs + start_n * stride_ks, mask=n_ok, other=0.0)
         v = tl.load(v_ptrs + start_n * stride_vs, mask=n_ok, other=0.0)
         p = tl.math.exp2(_dot(q, tl.trans(k), PREC) * qk_scale - lse[:, None])
-        if start_n >= mid:
+        if (start_n >= mid) | (start_n < full):
             valid = offs_kn[None, :] < S
             if CAUSAL:
                 valid = valid & (offs_m[:, None] >= offs_kn[None, :])
+            if DOC:
+                valid = valid & (offs_kn[None, :] >= row_start[:, None])
             p = tl.where(valid, p, 0.0)
         ds = p * (_dot(do, tl.trans(v), PREC) - delta[:, None])
         dq += _dot(ds.to(k.dtype), k, PREC)
@@ -722,13 +823,19 @@ def _autotuners(kernel, name, key):
     return tuners
 
 
-_FWD = _autotuners(_diff_attn_fwd_kernel, "fwd", ["S", "D", "DV", "NV", "CAUSAL", "PREC"])
-_BWD_KV = _autotuners(_diff_attn_bwd_kv_kernel, "bwd_kv", ["S", "D", "DV", "CAUSAL", "PREC", "PART"])
-_BWD_Q = _autotuners(_diff_attn_bwd_q_kernel, "bwd_q", ["S", "D", "DV", "CAUSAL", "PREC"])
-_MAP_BWD_KV = _autotuners(
-    _map_bwd_kv_kernel, "map_bwd_kv", ["S", "D", "DV", "NV", "CAUSAL", "PREC", "PART", "ADD_NOISE"]
+_FWD = _autotuners(_diff_attn_fwd_kernel, "fwd", ["S", "D", "DV", "NV", "CAUSAL", "PREC", "DOC"])
+_BWD_KV = _autotuners(_diff_attn_bwd_kv_kernel, "bwd_kv", ["S", "D", "DV", "CAUSAL", "PREC", "PART", "DOC"])
+_BWD_Q = _autotuners(_diff_attn_bwd_q_kernel, "bwd_q", ["S", "D", "DV", "CAUSAL", "PREC", "DOC"])
+# The same kernels under document masking, from the lists without the tiles that spill there.
+_FWD_DOC = _autotuners(_diff_attn_fwd_kernel, "fwd_doc", ["S", "D", "DV", "NV", "CAUSAL", "PREC", "DOC"])
+_BWD_KV_DOC = _autotuners(
+    _diff_attn_bwd_kv_kernel, "bwd_kv_doc", ["S", "D", "DV", "CAUSAL", "PREC", "PART", "DOC"]
 )
-_MAP_BWD_Q = _autotuners(_map_bwd_q_kernel, "bwd_q", ["S", "D", "DV", "NV", "CAUSAL", "PREC"])
+_BWD_Q_DOC = _autotuners(_diff_attn_bwd_q_kernel, "bwd_q_doc", ["S", "D", "DV", "CAUSAL", "PREC", "DOC"])
+_MAP_BWD_KV = _autotuners(
+    _map_bwd_kv_kernel, "map_bwd_kv", ["S", "D", "DV", "NV", "CAUSAL", "PREC", "PART", "ADD_NOISE", "DOC"]
+)
+_MAP_BWD_Q = _autotuners(_map_bwd_q_kernel, "bwd_q", ["S", "D", "DV", "NV", "CAUSAL", "PREC", "DOC"])
 N_CONFIGS = max(len(t["cuda"].configs) for t in (_FWD, _BWD_KV, _BWD_Q, _MAP_BWD_KV, _MAP_BWD_Q))
 
 _LOG2E = 1.4426950408889634
@@ -761,18 +868,20 @@ def _forward_pass(
     nv,
     causal,
     sm_scale,
+    documents=None,
     lse_stride=1,
 ) -> None:
     """One launch of the forward kernel over ``heads`` maps of one kind (see _diff_attn_fwd_kernel)."""
     bsz, _, seq, d = q.shape
     launch(
-        tuned(_FWD, q.device),
+        tuned(_FWD if documents is None else _FWD_DOC, q.device),
         lambda meta: (triton.cdiv(seq, meta["BLOCK_M"]), bsz * heads),
         q, k, v, lam, out, o2, lse, max_rows if max_rows is not None else lse,
+        documents[0] if documents is not None else lse,
         *_strides(q), *_strides(k), *_strides(v), *_strides(out), *_strides(o2),
         heads, seq, sm_scale * _LOG2E, k_group, v_mul, v_div, ratio, 0 if lam.numel() == 1 else 1,
         D=d, DV=v.shape[-1], NV=nv, CAUSAL=causal, PREC=precision(q.dtype, q.device), SIGNAL=signal,
-        LSE_STRIDE=lse_stride, TRACK_MAX=max_rows is not None,
+        LSE_STRIDE=lse_stride, TRACK_MAX=max_rows is not None, DOC=documents is not None,
     )  # fmt: skip
 
 
@@ -783,7 +892,7 @@ def _max_logits(max_rows: torch.Tensor) -> torch.Tensor:
 
 class _DiffAttnFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, lambda_, causal, sm_scale, track_max):
+    def forward(ctx, q, k, v, lambda_, causal, sm_scale, track_max, documents=None):
         q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
         bsz, two_h, seq, d = q.shape
         heads, dv = two_h // 2, v.shape[-1]
@@ -799,9 +908,9 @@ class _DiffAttnFn(torch.autograd.Function):
             _forward_pass(
                 q[:, first::2], k[:, first::2], v, lam, out, o2, lse[..., first:],
                 None if rows is None else rows[first], signal=signal, heads=heads, k_group=1, v_mul=1,
-                v_div=1, ratio=1, nv=1, causal=causal, sm_scale=sm_scale, lse_stride=2,
+                v_div=1, ratio=1, nv=1, causal=causal, sm_scale=sm_scale, documents=documents, lse_stride=2,
             )  # fmt: skip
-        ctx.save_for_backward(q, k, v, lam, out, o2, lse)
+        ctx.save_for_backward(q, k, v, lam, out, o2, lse, documents)
         ctx.causal, ctx.sm_scale, ctx.prec = causal, sm_scale, precision(q.dtype, q.device)
         ctx.lambda_dtype = lambda_.dtype
         if rows is None:
@@ -813,7 +922,7 @@ class _DiffAttnFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, _dmaxima):
-        q, k, v, lam, out, o2, lse = ctx.saved_tensors
+        q, k, v, lam, out, o2, lse, documents = ctx.saved_tensors
         bsz, two_h, seq, d = q.shape
         heads, dv = two_h // 2, v.shape[-1]
         dout = _last_dim_contiguous(dout)
@@ -828,30 +937,31 @@ class _DiffAttnFn(torch.autograd.Function):
         dq = torch.empty((bsz, two_h, seq, d), dtype=q.dtype, device=q.device)
         dk = torch.empty((bsz, two_h, seq, d), dtype=k.dtype, device=k.device)
         dval = torch.empty((bsz, heads, seq, dv), dtype=v.dtype, device=v.device)
-        common = dict(D=d, DV=dv, CAUSAL=ctx.causal, PREC=ctx.prec)
+        common = dict(D=d, DV=dv, CAUSAL=ctx.causal, PREC=ctx.prec, DOC=documents is not None)
+        bounds = (documents[0], documents[1]) if documents is not None else (lse, lse)
         args = (
             *_strides(q), *_strides(k), *_strides(v), *_strides(dout),
             heads, seq, ctx.sm_scale * _LOG2E, ctx.sm_scale,
         )  # fmt: skip
         for part in ("dk", "dv"):
             launch(
-                tuned(_BWD_KV, q.device),
+                tuned(_BWD_KV if documents is None else _BWD_KV_DOC, q.device),
                 lambda meta: (triton.cdiv(seq, meta["BLOCK_N"]), bsz * heads),
-                q, k, v, dout, lam, lse, delta, dk, dval, *args, **common, PART=part,
+                q, k, v, dout, lam, lse, delta, dk, dval, *bounds, *args, **common, PART=part,
             )  # fmt: skip
         launch(
-            tuned(_BWD_Q, q.device),
+            tuned(_BWD_Q if documents is None else _BWD_Q_DOC, q.device),
             lambda meta: (triton.cdiv(seq, meta["BLOCK_M"]), bsz * heads),
-            q, k, v, dout, lam, lse, delta, dq, *args, **common,
+            q, k, v, dout, lam, lse, delta, dq, bounds[0], *args, **common,
         )  # fmt: skip
         # out = O1 − λ·O2, so d out / d λ = −O2 and dλ = −Σ rowsum(dO ⊙ O2) = −Σ δ2.
         dlambda = -delta[..., 1].sum()
-        return dq, dk, dval, dlambda.to(ctx.lambda_dtype), None, None, None
+        return dq, dk, dval, dlambda.to(ctx.lambda_dtype), None, None, None, None
 
 
 class _GroupedDiffAttnFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q_s, k_s, q_n, k_n, v, lambda_, causal, sm_scale, track_max):
+    def forward(ctx, q_s, k_s, q_n, k_n, v, lambda_, causal, sm_scale, track_max, documents=None):
         q_s, k_s, q_n, k_n, v = (_last_dim_contiguous(t) for t in (q_s, k_s, q_n, k_n, v))
         bsz, hs, seq, _ = q_s.shape
         hn, dv = q_n.shape[1], v.shape[-1]
@@ -862,12 +972,12 @@ class _GroupedDiffAttnFn(torch.autograd.Function):
         lse_s = torch.empty((bsz, hs, seq), dtype=torch.float32, device=v.device)
         lse_n = torch.empty((bsz, hn, seq), dtype=torch.float32, device=v.device)
         rows_s, rows_n = (torch.empty_like(lse_s), torch.empty_like(lse_n)) if track_max else (None, None)
-        common = dict(v_div=g.v_group, ratio=g.ratio, causal=causal, sm_scale=sm_scale)
+        common = dict(v_div=g.v_group, ratio=g.ratio, causal=causal, sm_scale=sm_scale, documents=documents)
         _forward_pass(q_n, k_n, v, lam, out, o2, lse_n, rows_n, signal=False, heads=hn, k_group=g.kn_group,
                       v_mul=g.ratio, nv=g.nv, **common)  # fmt: skip
         _forward_pass(q_s, k_s, v, lam, out, o2, lse_s, rows_s, signal=True, heads=hs, k_group=g.ks_group,
                       v_mul=1, nv=1, **common)  # fmt: skip
-        ctx.save_for_backward(q_s, k_s, q_n, k_n, v, lam, out, o2, lse_s, lse_n)
+        ctx.save_for_backward(q_s, k_s, q_n, k_n, v, lam, out, o2, lse_s, lse_n, documents)
         ctx.causal, ctx.sm_scale, ctx.grouping, ctx.lambda_shape = causal, sm_scale, g, lambda_.shape
         ctx.lambda_dtype = lambda_.dtype
         if rows_s is None:
@@ -878,7 +988,7 @@ class _GroupedDiffAttnFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, _dmaxima):
-        q_s, k_s, q_n, k_n, v, lam, out, o2, lse_s, lse_n = ctx.saved_tensors
+        q_s, k_s, q_n, k_n, v, lam, out, o2, lse_s, lse_n, documents = ctx.saved_tensors
         g: _Grouping = ctx.grouping
         bsz, hs, seq, _ = q_s.shape
         hn, dv = q_n.shape[1], v.shape[-1]
@@ -899,37 +1009,42 @@ class _GroupedDiffAttnFn(torch.autograd.Function):
         dv_noise = torch.empty((bsz, v.shape[1], seq, dv), **f32)
         dq_n, dk_n, _ = _map_backward(
             q_n, k_n, v, do_n, lse_n, delta_n, dv_noise, None, k_group=g.kn_group, v_mul=g.ratio,
-            v_div=g.v_group, nv=g.nv, dv_maps=max(1, g.v_group // g.ratio) if g.nv == 1 else 1, ctx=ctx,
+            v_div=g.v_group, nv=g.nv, dv_maps=max(1, g.v_group // g.ratio) if g.nv == 1 else 1,
+            documents=documents, ctx=ctx,
         )  # fmt: skip
         dq_s, dk_s, dval = _map_backward(
             q_s, k_s, v, dout, lse_s, delta_s, torch.empty(v.shape, dtype=v.dtype, device=v.device), dv_noise, k_group=g.ks_group, v_mul=1,
-            v_div=g.v_group, nv=1, dv_maps=g.v_group, ctx=ctx,
+            v_div=g.v_group, nv=1, dv_maps=g.v_group, documents=documents, ctx=ctx,
         )  # fmt: skip
         return (
-            dq_s, dk_s, dq_n, dk_n, dval, dlambda.reshape(ctx.lambda_shape).to(ctx.lambda_dtype), None, None, None,
+            dq_s, dk_s, dq_n, dk_n, dval, dlambda.reshape(ctx.lambda_shape).to(ctx.lambda_dtype),
+            None, None, None, None,
         )  # fmt: skip
 
 
-def _map_backward(q, k, v, do, lse, delta, dval, dv_noise, *, k_group, v_mul, v_div, nv, dv_maps, ctx):
+def _map_backward(q, k, v, do, lse, delta, dval, dv_noise, *, k_group, v_mul, v_div, nv, dv_maps, documents,
+                  ctx):  # fmt: skip
     """dQ, dK and dV of one kind of map (k_group maps a key head, dv_maps a value unit of nv value heads),
     in the inputs' dtypes; dV is written into ``dval`` (plus ``dv_noise`` where given)."""
     bsz, heads, seq, d = q.shape
     dq = torch.empty((bsz, heads, seq, d), dtype=q.dtype, device=q.device)
     dk = torch.empty_like(k, memory_format=torch.contiguous_format)
-    common = dict(D=d, DV=v.shape[-1], NV=nv, CAUSAL=ctx.causal, PREC=precision(q.dtype, q.device))
+    common = dict(D=d, DV=v.shape[-1], NV=nv, CAUSAL=ctx.causal, PREC=precision(q.dtype, q.device),
+                  DOC=documents is not None)  # fmt: skip
+    bounds = (documents[0], documents[1]) if documents is not None else (lse, lse)
     scales = (ctx.sm_scale * _LOG2E, ctx.sm_scale, k_group, v_mul, v_div)
     strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dk), *_strides(dval))
     for part, units, maps in (("dk", k.shape[1], k_group), ("dv", heads // dv_maps, dv_maps)):
         launch(
             tuned(_MAP_BWD_KV, q.device),
             lambda meta, units=units: (triton.cdiv(seq, meta["BLOCK_N"]), bsz * units),
-            q, k, v, do, lse, delta, dk, dval, dv_noise if dv_noise is not None else dval,
+            q, k, v, do, lse, delta, dk, dval, dv_noise if dv_noise is not None else dval, *bounds,
             *strides, units, maps, seq, *scales, **common, PART=part, ADD_NOISE=dv_noise is not None,
         )  # fmt: skip
     launch(
         tuned(_MAP_BWD_Q, q.device),
         lambda meta: (triton.cdiv(seq, meta["BLOCK_M"]), bsz * heads),
-        q, k, v, do, lse, delta, dq, *_strides(q), *_strides(k), *_strides(v), *_strides(do),
+        q, k, v, do, lse, delta, dq, bounds[0], *_strides(q), *_strides(k), *_strides(v), *_strides(do),
         heads, seq, *scales, **common,
     )  # fmt: skip
     return dq, dk, dval
@@ -994,6 +1109,25 @@ def _check_grouped(q_s, k_s, q_n, k_n, v, lambda_, op: str = "grouped_diff_atten
         raise ValueError(f"{op}: " + "; ".join(problems))
 
 
+def _check_documents(documents, batch: int, seq: int, causal: bool, op: str) -> torch.Tensor | None:
+    """The (2, B, S) int32 bounds the kernels read, or None; a clear error for anything else."""
+    if documents is None:
+        return None
+    if not causal:
+        raise ValueError(f"{op}: document masking is causal attention within documents: pass causal=True")
+    if (
+        not isinstance(documents, torch.Tensor)
+        or documents.shape != (2, batch, seq)
+        or documents.is_floating_point()
+    ):
+        got = tuple(documents.shape) if isinstance(documents, torch.Tensor) else type(documents).__name__
+        raise ValueError(
+            f"{op}: documents must be the (2, {batch}, {seq}) integer bounds of "
+            f"motif_data.kernels.documents.document_bounds(position_ids), got {got}"
+        )
+    return documents.to(torch.int32).contiguous()
+
+
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lambda_: torch.Tensor) -> None:
     problems = []
     if q.ndim != 4 or k.shape != q.shape:
@@ -1019,31 +1153,41 @@ def diff_attention(
     causal: bool = True,
     sm_scale: float | None = None,
     return_max_logits: bool = False,
+    documents: torch.Tensor | None = None,
 ):
     """softmax(q_{2h}k_{2h}ᵀ·s)v_h − λ·softmax(q_{2h+1}k_{2h+1}ᵀ·s)v_h for each differential head h.
 
     s = sm_scale or 1/√D. Gradients flow to q, k, v and lambda_. No sub-layer norm here (the module does it).
     ``return_max_logits``: also return each map's largest logit q·k·s, (2H,) fp32 in q's map order (QK-clip).
+    ``documents``: (2, B, S) document bounds (`motif_data.kernels.documents.document_bounds`): each query
+    attends to the earlier keys of its own document only; key blocks no query of a block can see are skipped.
     """
     _check(q, k, v, lambda_)
+    documents = _check_documents(documents, q.shape[0], q.shape[2], causal, "diff_attention")
     scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(q.shape[-1])
     if use_triton(q, k, v) and _triton_ok(q, v):
-        out, maxima = _DiffAttnFn.apply(q, k, v, lambda_, causal, scale, return_max_logits)
+        out, maxima = _DiffAttnFn.apply(q, k, v, lambda_, causal, scale, return_max_logits, documents)
     else:
-        out, maxima = _reference_diff(q, k, v, lambda_, causal, scale, return_max_logits)
+        out, maxima = _reference_diff(q, k, v, lambda_, causal, scale, return_max_logits, documents)
     return (out, maxima) if return_max_logits else out
 
 
-def _reference_diff(q, k, v, lambda_, causal=True, scale=None, track=False):
-    out = reference_diff_attention(q, k, v, lambda_, causal=causal, sm_scale=scale)
-    return out, reference_max_logits(q, k, causal=causal, sm_scale=scale) if track else None
+def _reference_diff(q, k, v, lambda_, causal=True, scale=None, track=False, documents=None):
+    out = reference_diff_attention(q, k, v, lambda_, causal=causal, sm_scale=scale, documents=documents)
+    maxima = reference_max_logits(q, k, causal=causal, sm_scale=scale, documents=documents) if track else None
+    return out, maxima
 
 
-def _reference_grouped(q_s, k_s, q_n, k_n, v, lambda_, causal=True, scale=None, track=False):
-    out = reference_grouped_diff_attention(q_s, k_s, q_n, k_n, v, lambda_, causal=causal, sm_scale=scale)
+def _reference_grouped(q_s, k_s, q_n, k_n, v, lambda_, causal=True, scale=None, track=False, documents=None):
+    out = reference_grouped_diff_attention(
+        q_s, k_s, q_n, k_n, v, lambda_, causal=causal, sm_scale=scale, documents=documents
+    )
     if not track:
         return out, None
-    maxima = (reference_max_logits(q, k, causal=causal, sm_scale=scale) for q, k in ((q_s, k_s), (q_n, k_n)))
+    maxima = (
+        reference_max_logits(q, k, causal=causal, sm_scale=scale, documents=documents)
+        for q, k in ((q_s, k_s), (q_n, k_n))
+    )
     return out, torch.cat(tuple(maxima))  # signal maps, then noise maps
 
 
@@ -1058,6 +1202,7 @@ def grouped_diff_attention(
     causal: bool = True,
     sm_scale: float | None = None,
     return_max_logits: bool = False,
+    documents: torch.Tensor | None = None,
 ):
     """Grouped differential attention: for signal head h of H_s, with g = h // r and r = H_s / H_n,
     softmax(Qs_h Ks_hᵀ·s)·V_h − λ_h·softmax(Qn_g Kn_gᵀ·s)·V_h, each noise map computed once for its r heads.
@@ -1065,15 +1210,19 @@ def grouped_diff_attention(
     q_signal (B, H_s, S, D); q_noise (B, H_n, S, D); k_signal, k_noise and v may have fewer heads (GQA: a key or
     value head serves a run of consecutive maps); v (B, H_v, S, Dv) with one value head per signal head or one
     per whole group(s); λ 0-dim or (H_s,). Returns (B, H_s, S, Dv), and with ``return_max_logits`` also each
-    map's largest logit q·k·s: (H_s + H_n,) fp32, the signal maps then the noise maps.
+    map's largest logit q·k·s: (H_s + H_n,) fp32, the signal maps then the noise maps. ``documents``: as in
+    `diff_attention`.
     """
     _check_grouped(q_signal, k_signal, q_noise, k_noise, v, lambda_)
+    documents = _check_documents(
+        documents, q_signal.shape[0], q_signal.shape[2], causal, "grouped_diff_attention"
+    )
     scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(q_signal.shape[-1])
     tensors = (q_signal, k_signal, q_noise, k_noise, v)
     if use_triton(*tensors) and _triton_ok(q_signal, v) and _triton_ok(q_signal, q_noise):
-        out, maxima = _GroupedDiffAttnFn.apply(*tensors, lambda_, causal, scale, return_max_logits)
+        out, maxima = _GroupedDiffAttnFn.apply(*tensors, lambda_, causal, scale, return_max_logits, documents)
     else:
-        out, maxima = _reference_grouped(*tensors, lambda_, causal, scale, return_max_logits)
+        out, maxima = _reference_grouped(*tensors, lambda_, causal, scale, return_max_logits, documents)
     return (out, maxima) if return_max_logits else out
 
 
@@ -1176,27 +1325,27 @@ class DifferentialAttention(nn.Module):
     def reset_max_logits(self) -> None:
         self.max_logits = None
 
-    def _attend(self, q, k, v, lam) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _attend(self, q, k, v, lam, documents) -> tuple[torch.Tensor, torch.Tensor | None]:
         track = self.track_max_logits
         if self.ratio == 1 and self.kv_pairs == self.num_heads:  # differential attention: maps 2h, 2h + 1
             if self.reference:
-                return _reference_diff(q, k, v, lam, track=track)
+                return _reference_diff(q, k, v, lam, track=track, documents=documents)
             return (
-                diff_attention(q, k, v, lam, return_max_logits=True)
+                diff_attention(q, k, v, lam, return_max_logits=True, documents=documents)
                 if track
-                else (diff_attention(q, k, v, lam), None)
+                else (diff_attention(q, k, v, lam, documents=documents), None)
             )
         # Grouped: split q's groups into signal maps (a copy: they are not one strided view) and noise maps.
         groups = q.unflatten(1, (self.noise_heads, self.ratio + 1))
         q_s, q_n = groups[:, :, : self.ratio].flatten(1, 2), groups[:, :, self.ratio]
         inputs = (q_s, k[:, 0::2], q_n, k[:, 1::2], v, lam)
         if self.reference:
-            out, maxima = _reference_grouped(*inputs, track=track)
+            out, maxima = _reference_grouped(*inputs, track=track, documents=documents)
         else:
             out, maxima = (
-                grouped_diff_attention(*inputs, return_max_logits=True)
+                grouped_diff_attention(*inputs, return_max_logits=True, documents=documents)
                 if track
-                else (grouped_diff_attention(*inputs), None)
+                else (grouped_diff_attention(*inputs, documents=documents), None)
             )
         if maxima is not None:  # (signal maps, noise maps) → q's order
             r = self.ratio
@@ -1206,7 +1355,10 @@ class DifferentialAttention(nn.Module):
             maxima = maxima.flatten()
         return out, maxima
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, documents: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``documents``: optional (2, B, S) document bounds, attention then within documents only."""
         maps, dv = self.num_heads + self.noise_heads, 2 * self.head_dim
         if (
             q.shape[1] != maps
@@ -1220,7 +1372,7 @@ class DifferentialAttention(nn.Module):
                 f"{self.head_dim}) and v (B, {self.kv_pairs}, S, {dv}); got q {tuple(q.shape)}, "
                 f"k {tuple(k.shape)}, v {tuple(v.shape)}"
             )
-        out, maxima = self._attend(q, k, v, self.lambda_full())
+        out, maxima = self._attend(q, k, v, self.lambda_full(), documents)
         if maxima is not None:
             maxima = maxima.detach()
             self.max_logits = maxima if self.max_logits is None else torch.maximum(self.max_logits, maxima)

@@ -30,7 +30,7 @@ from motif_data.pipeline.config import BuildConfig, expand_paths
 from motif_data.pipeline.layout import LOGS_DIR, SPILL_DIR, WORK_DIR
 from motif_data.shards import Manifest
 
-__all__ = ["build", "describe_plan", "stages", "make_executors"]
+__all__ = ["build", "describe_plan", "stages", "make_executors", "run_stages"]
 Log = Callable[[str], None]
 
 
@@ -344,22 +344,9 @@ def _check_tokenizer(config: BuildConfig) -> None:
         raise ValueError(f"tokenizer.path: {e}") from e
 
 
-def build(
-    config: BuildConfig, out: str | Path | None = None, force: bool = False, log: Log = _stderr
-) -> Manifest | None:
-    """Run (or resume) a build; returns its manifest, or ``None`` for Slurm, whose jobs are only submitted."""
-    if config.executor.kind == "local" and config.executor.workers > 1:
-        refuse_unguarded_main()
-    out = Path(out or config.output).absolute()
-    config = config.with_output(out)
-    _check_tokenizer(config)
-    _prepare(config, out, force)
-    plan = stages(config, out)
-    if config.executor.kind == "slurm":
-        executors = slurm_jobs(config, out, plan)
-        executors[-1].run()  # submits it and, through its dependencies, every job before it
-        log(f"submitted {len(executors)} slurm jobs; the manifest appears in {out} when they finish")
-        return None
+def run_stages(config, out: Path, plan: list, log: Log) -> None:
+    """Run a plan's stages in order on the local or Ray executors (the builder's and the SFT build's loop):
+    each stage's progress logged, an output error named with its stage, incomplete tasks refused."""
     executors = make_executors(config, out, plan)
     if config.executor.kind == "ray":
         import ray
@@ -380,6 +367,25 @@ def build(
                 f"stage {stage.name}: tasks {missing} did not complete; see {executor.logging_dir.path}"
             )
         log(f"[{i + 1}/{len(plan)}] {stage.name}: done in {time.perf_counter() - start:.1f} s")
+
+
+def build(
+    config: BuildConfig, out: str | Path | None = None, force: bool = False, log: Log = _stderr
+) -> Manifest | None:
+    """Run (or resume) a build; returns its manifest, or ``None`` for Slurm, whose jobs are only submitted."""
+    if config.executor.kind == "local" and config.executor.workers > 1:
+        refuse_unguarded_main()
+    out = Path(out or config.output).absolute()
+    config = config.with_output(out)
+    _check_tokenizer(config)
+    _prepare(config, out, force)
+    plan = stages(config, out)
+    if config.executor.kind == "slurm":
+        executors = slurm_jobs(config, out, plan)
+        executors[-1].run()  # submits it and, through its dependencies, every job before it
+        log(f"submitted {len(executors)} slurm jobs; the manifest appears in {out} when they finish")
+        return None
+    run_stages(config, out, plan, log)
     from motif_data.pipeline.manifest import finalize
 
     return finalize(config, out, log)

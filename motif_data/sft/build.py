@@ -17,14 +17,13 @@ import dataclasses
 import json
 import shutil
 import sys
-import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from motif_data.atomic import OutputError, atomic_write_text, naming_output
+from motif_data.atomic import atomic_write_text, naming_output
 from motif_data.pipeline.accounting import check_invariant, collect, ledger
-from motif_data.pipeline.build import BuildStage, _run_stage, make_executors, refuse_unguarded_main
+from motif_data.pipeline.build import BuildStage, refuse_unguarded_main, run_stages
 from motif_data.pipeline.layout import INTERMEDIATE, LOGS_DIR, RESULTS_DIR, SPILL_DIR, WORK_DIR
 from motif_data.sft.config import SftConfig
 from motif_data.shards import MaskedShardInfo, SftManifest, TokenizerInfo
@@ -231,24 +230,5 @@ def build_sft(
     enc = _load_chat_tokenizer(config.tokenizer)
     _prepare(config, out, force)
     plan = sft_stages(config, out)
-    executors = make_executors(config, out, plan)
-    if config.executor.kind == "ray":
-        import ray
-
-        if not ray.is_initialized():
-            ray.init(address=config.executor.ray_address, include_dashboard=False)
-    for i, (stage, executor) in enumerate(zip(plan, executors, strict=True)):
-        log(f"[{i + 1}/{len(plan)}] {stage.name}: {stage.tasks} task(s) …")
-        start = time.perf_counter()
-        try:
-            _run_stage(executor, config.executor.kind, log)
-        except OutputError as e:
-            e.stage = stage.name
-            raise
-        missing = executor.get_incomplete_ranks(skip_completed=True)
-        if missing:
-            raise RuntimeError(
-                f"stage {stage.name}: tasks {missing} did not complete; see {executor.logging_dir.path}"
-            )
-        log(f"[{i + 1}/{len(plan)}] {stage.name}: done in {time.perf_counter() - start:.1f} s")
+    run_stages(config, out, plan, log)
     return _finalize(config, out, enc, log)

@@ -10,6 +10,7 @@ answers "will these kernels build on my GPU, and how well".
 
 from __future__ import annotations
 
+import inspect
 import json
 import multiprocessing
 import os
@@ -20,7 +21,7 @@ import tempfile
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cache
 
 import torch
@@ -70,6 +71,7 @@ class Result:
     occupancy: int | None = None  # waves per SIMD (AMD, the compiler's figure) or blocks per SM (NVIDIA)
     candidate_only: bool = False  # compiled for --candidates; not in the list the op's autotuner offers
     seconds: float = 0.0  # compile time
+    reused: bool = False  # the binary of an earlier result (same kernel, config and specialization)
 
     @property
     def fits(self) -> bool:
@@ -117,6 +119,7 @@ class Report:
                     "target": name,
                     "gpu": TARGETS[name].gpu,
                     "variants": len(mine),
+                    "binaries": sum(not r.reused for r in mine),  # compiles: alike launches share one
                     "compiled": len(compiled),
                     "fit": sum(r.fits for r in mine),
                     "spilling": sum(r.spills for r in compiled),
@@ -327,14 +330,30 @@ def _spec_key(value) -> object:
 
 @dataclass(frozen=True)
 class _Job:
+    """One compile: a launch and config, and every (op, shape) whose launch specializes the same way."""
+
     launch: Launch
     config: triton.Config | None
     candidate_only: bool
+    uses: list[tuple[str, str]]
+
+
+def _constexprs(kernel) -> set[str]:
+    """The kernel's ``tl.constexpr`` parameters, from the Python function under the Autotuner, JITFunction or
+    interpreter wrapper (the interpreter's wrapper keeps no parsed parameter list)."""
+    fn = kernel
+    while hasattr(fn, "fn"):
+        fn = fn.fn
+    return {name for name, p in inspect.signature(fn).parameters.items() if "constexpr" in str(p.annotation)}
 
 
 def _jobs(target: Target, candidates: bool) -> list[_Job]:
-    jobs, seen = [], set()
+    # Launches of different ops or shapes that Triton would specialize identically (the grouped and paired
+    # attention at one head shape, PolyNorm widths alike modulo 16) are one binary: compiled once, reported
+    # for each of them, which takes a third of the compiles off every target.
+    jobs: dict[tuple, _Job] = {}
     for launch in launches(target):
+        constexprs = _constexprs(launch.kernel)  # specialized by value (D, CAUSAL, BLOCK_M, …)
         offered = getattr(launch.kernel, "configs", None)
         if offered is None:
             configs, extra = [None], []
@@ -347,14 +366,14 @@ def _jobs(target: Target, candidates: bool) -> list[_Job]:
             configs = list(offered)
         for config, candidate_only in [(c, False) for c in configs] + [(c, True) for c in extra]:
             key = (
-                kernel_name(launch.kernel), launch.shape, str(config) if config is not None else None,
+                kernel_name(launch.kernel), str(config) if config is not None else None, candidate_only,
                 tuple(_spec_key(a) for a in launch.args),
-                tuple(sorted((k, _spec_key(v)) for k, v in launch.kwargs.items())),
+                tuple(sorted((k, v if k in constexprs else _spec_key(v)) for k, v in launch.kwargs.items())),
             )  # fmt: skip
-            if key not in seen:
-                seen.add(key)
-                jobs.append(_Job(launch, config, candidate_only))
-    return jobs
+            job = jobs.setdefault(key, _Job(launch, config, candidate_only, []))
+            if (launch.op, launch.shape) not in job.uses:
+                job.uses.append((launch.op, launch.shape))
+    return list(jobs.values())
 
 
 @cache
@@ -362,14 +381,14 @@ def _jobs_cached(target_name: str, candidates: bool) -> list[_Job]:
     return _jobs(TARGETS[target_name], candidates)
 
 
-def _run_job(task: tuple[str, int, bool, int]) -> Result:
+def _run_job(task: tuple[str, int, bool, int]) -> list[Result]:
     # In a worker process: the job list is rebuilt there (launches hold meta tensors and kernels, which do
-    # not pickle), in the same order, and one job compiled.
+    # not pickle), in the same order, and one job compiled; its result is reported for every use.
     target_name, index, candidates, job_index = task
     job = _jobs_cached(target_name, candidates)[job_index]
     result = _compile(TARGETS[target_name], index, job.launch, job.config)
     result.candidate_only = job.candidate_only
-    return result
+    return [replace(result, op=op, shape=shape, reused=n > 0) for n, (op, shape) in enumerate(job.uses)]
 
 
 def check(
@@ -391,14 +410,14 @@ def check(
     report = Report()
     if workers == 1:
         for task in tasks:
-            report.results.append(_run_job(task))
+            report.results.extend(_run_job(task))
             bar.update()
     else:
         # fork: the workers inherit the imported kernels (nothing here has touched a GPU).
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
-            for result in pool.map(_run_job, tasks):
-                report.results.append(result)
+            for results in pool.map(_run_job, tasks):
+                report.results.extend(results)
                 bar.update()
     bar.close()
     return report

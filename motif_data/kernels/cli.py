@@ -92,11 +92,14 @@ def _print_report(report, table: bool) -> None:
                 f"{_kib(max((r.shared or 0 for r in offered), default=0)):>11} {occ:>8}"
             )  # fmt: skip
         print()
-    print(f"{'target':7} {'GPU':38} {'compiled':>9} {'fit':>9} {'spilling':>8} {'max LDS / limit KiB':>20}")
+    print(
+        f"{'target':7} {'GPU':38} {'compiled':>9} {'fit':>9} {'spilling':>8} {'max LDS / limit KiB':>20} "
+        f"{'binaries':>8}"
+    )
     for s in report.summary():
         print(
             f"{s['target']:7} {s['gpu']:38} {s['compiled']:>4}/{s['variants']:<4} {s['fit']:>4}/{s['variants']:<4} "
-            f"{s['spilling']:>8} {_kib(s['max_shared']):>9} / {_kib(s['shared_limit'])}"
+            f"{s['spilling']:>8} {_kib(s['max_shared']):>9} / {_kib(s['shared_limit']):<9} {s['binaries']:>8}"
         )  # fmt: skip
 
 

@@ -159,6 +159,21 @@ def test_the_check_sees_every_kernel_the_ops_launch_forward_and_backward():
     assert {x.kwargs.get("ADD_NOISE") for x in grouped} >= {False, True}
 
 
+def test_alike_launches_compile_once_and_each_is_still_reported():
+    target = TARGETS["gfx90a"]
+    jobs = check._jobs(target, False)
+    launched = {(x.op, x.shape, check.kernel_name(x.kernel)) for x in check.launches(target)}
+    reported = {(op, shape, check.kernel_name(j.launch.kernel)) for j in jobs for op, shape in j.uses}
+    assert reported == launched
+    # The delta kernels read no document table: the causal and the document-masked launches share them.
+    shared = {check.kernel_name(j.launch.kernel) for j in jobs if len(j.uses) > 1}
+    assert {"_diff_attn_bwd_delta_kernel", "_grouped_bwd_delta_kernel"} <= shared
+    # Constexprs specialize by value: no binary serves two head shapes.
+    for job in jobs:
+        heads = {shape.split(" S=")[0] for op, shape in job.uses if "attention" in op}
+        assert len(heads) <= 1, (check.kernel_name(job.launch.kernel), job.uses)
+
+
 def test_unknown_targets_fail_naming_the_known_ones():
     assert [t.name for t in parse_targets("gfx942, sm_90,gfx942")] == ["gfx942", "sm_90"]
     with pytest.raises(ValueError, match="unknown target.*gfx1100.*known: gfx90a"):

@@ -19,6 +19,9 @@ _HOME = {
     "grouped_diff_attention": "diff_attn",
     "DifferentialAttention": "diff_attn",
     "lambda_init": "diff_attn",
+    "document_bounds": "documents",
+    "document_bounds_from_cu_seqlens": "documents",
+    "document_mask": "documents",
     "linear_cross_entropy": "linear_ce",
     "LinearCrossEntropy": "linear_ce",
 }

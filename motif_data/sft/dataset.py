@@ -20,12 +20,12 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from motif_data.mixer.permutation import hash64, permute
 from motif_data.shards import SftManifest
 
-__all__ = ["IGNORE_INDEX", "SftDataset", "PreferenceDataset", "pack_rows"]
+__all__ = ["IGNORE_INDEX", "SftDataset", "SftDataLoader", "PreferenceDataset", "pack_rows"]
 
 IGNORE_INDEX = -100
 _STATE_VERSION = 1
@@ -218,12 +218,14 @@ class SftDataset(IterableDataset):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         total = self.total_rows
-        k = self._position
+        k = start = self._position
         while True:
             g = k * self.world_size + self.rank
             if total is not None and g >= total:
                 return
-            if (k // self.batch_size) % workers == worker:
+            # Batches count from where this iteration starts: the DataLoader takes its first batch from worker
+            # 0, also when a resumed stream starts at a batch that another worker would have had.
+            if ((k - start) // self.batch_size) % workers == worker:
                 item = self.row(g)
                 if info is None:
                     self._position = k + 1
@@ -250,6 +252,32 @@ class SftDataset(IterableDataset):
                 "this state belongs to another SFT stream (build, seq_len, seed, packing or world size differ): "
                 "resume with the dataset it was saved from"
             )
+        self._position = int(state["position"])
+
+
+class SftDataLoader:
+    """A ``DataLoader`` of ``dataset.batch_size`` rows a batch over an SftDataset, whose state counts the rows
+    handed out here: exact with DataLoader workers too (whose copies of the dataset the main process does not
+    see) and whatever they had prefetched. ``kwargs`` go to the DataLoader (``pin_memory``)."""
+
+    def __init__(self, dataset: SftDataset, num_workers: int = 0, **kwargs):
+        self.dataset, self.num_workers, self.kwargs = dataset, num_workers, kwargs
+        self._position = dataset.state_dict()["position"]
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        self.dataset.load_state_dict(self.state_dict())
+        loader = DataLoader(
+            self.dataset, batch_size=self.dataset.batch_size, num_workers=self.num_workers, **self.kwargs
+        )
+        for batch in loader:
+            self._position += len(batch["input_ids"])
+            yield batch
+
+    def state_dict(self) -> dict:
+        return self.dataset.state_dict() | {"position": self._position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.dataset.load_state_dict(state)
         self._position = int(state["position"])
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "RNGState",
     "latest_checkpoint",
     "finished_summary",
+    "initial_weights",
     "run_spec",
     "run_identity",
 ]
@@ -102,6 +103,42 @@ def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
     """The checkpoint of the highest step; every file there is complete because each was written atomically."""
     found = _checkpoints(Path(directory))
     return found[-1] if found else None
+
+
+def initial_weights(source: str | os.PathLike, model: dict) -> tuple[Path, dict]:
+    """(the file, its state) of the checkpoint that ``train.init_from`` names (a ``step-N.pt``, or a run
+    directory: its newest), refused unless the model config its run spec records is ``model`` (this run's
+    `run_spec` ``"model"``), naming every key that differs."""
+    path = Path(source)
+    if path.is_dir():
+        newest = latest_checkpoint(path / "checkpoints")
+        if newest is None:
+            raise FileNotFoundError(
+                f"train.init_from: no checkpoints/step-N.pt under {path}: name a run directory with "
+                "checkpoints, or a step-N.pt file"
+            )
+        path = newest
+    elif not path.is_file():
+        raise FileNotFoundError(
+            f"train.init_from: no checkpoint at {path}: name a step-N.pt file or a run directory"
+        )
+    state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    theirs = (state.get("run_spec") or {}).get("model") if isinstance(state, dict) else None
+    if theirs is None or "model" not in state:
+        raise ValueError(
+            f"train.init_from: {path} is not a checkpoint of `motif-data train` (no run spec or model): name a "
+            "checkpoints/step-N.pt file that a run wrote"
+        )
+    differing = sorted(key for key in model.keys() | theirs.keys() if model.get(key) != theirs.get(key))
+    if differing:
+        listed = ", ".join(
+            f"{key} (checkpoint {theirs.get(key)!r}, [model] {model.get(key)!r})" for key in differing
+        )
+        raise ValueError(
+            f"train.init_from: the model of {path} differs from this run's [model] in {listed}: set those keys in "
+            "[model] to the checkpoint's values, or start from a checkpoint of this model"
+        )
+    return path, state
 
 
 def finished_summary(out: Path, steps: int) -> dict | None:

@@ -1,4 +1,5 @@
-"""``motif-data train CONFIG``: train a Motif-architecture model on a built corpus with the mixture loader."""
+"""``motif-data train CONFIG``: train a Motif-architecture model on a built corpus with the mixture loader, or
+fine-tune one on an SFT build."""
 
 from __future__ import annotations
 
@@ -18,15 +19,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="train a Motif-architecture model on a built corpus (CPU or GPUs, torchrun for several)",
         description=(
             "Train the model of CONFIG (a TOML with [model] and [train]) on the corpus it names, mixed by its "
-            "schedule. Writes metrics.jsonl, loss.png, summary.json and checkpoints/ under --out. "
-            "Several GPUs: torchrun --nproc_per_node=N -m motif_data train CONFIG."
+            "schedule, or fine-tune it on an SFT build (the loss on the assistants' tokens only), from the weights "
+            "of train.init_from where set. Writes metrics.jsonl, loss.png, summary.json and checkpoints/ under "
+            "--out. Several GPUs: torchrun --nproc_per_node=N -m motif_data train CONFIG."
         ),
     )
     p.add_argument("config", type=Path, help="training TOML, e.g. configs/tiny.toml")
     p.add_argument("--out", type=Path, default=None, help="run directory (default: runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint under --out")
     p.add_argument(
-        "--corpus", default=None, help="override train.corpus (a manifest.json or a pipeline TOML)"
+        "--corpus",
+        default=None,
+        help="override train.corpus (a build's or an SFT build's manifest.json, or a pipeline TOML)",
+    )
+    p.add_argument(
+        "--init-from",
+        default=None,
+        help="override train.init_from (a checkpoints/step-N.pt or a run directory); none: from the seed",
     )
     p.add_argument("--steps", type=int, default=None, help="override train.steps")
     p.add_argument(
@@ -138,7 +147,8 @@ def resolve_corpus(corpus: str | None, out: Path) -> Path:
         path = path / "manifest.json" if path.is_dir() else path
         if not path.is_file():
             raise FileNotFoundError(
-                f"train.corpus: no manifest at {path}: build the corpus first (motif-data build)"
+                f"train.corpus: no manifest at {path}: build the corpus first (motif-data build, or "
+                "motif-data sft build for a fine-tune)"
             )
         return path
     pipeline_config = Path(corpus) if corpus is not None else DEFAULT_CORPUS_CONFIG
@@ -173,6 +183,8 @@ def run(args: argparse.Namespace) -> int:
         ("loss_backend", args.loss_backend),
     )
     cfg = _overridden(cfg, given)
+    if args.init_from is not None:  # "none" is the one override that unsets a setting
+        cfg = cfg.replace(init_from=None if args.init_from == "none" else args.init_from)
     out = args.out if args.out is not None else Path("runs") / args.config.stem
     if not args.resume:
         refuse_existing_run(out)  # before the corpus build too: nothing under --out is touched

@@ -56,6 +56,12 @@ class ModelConfig(Config):
     # polynorm: PolyNorm(gate) ⊙ up; swiglu: SiLU(gate) ⊙ up
     mlp: str = setting("polynorm", choices=("polynorm", "swiglu"))
     tie_embeddings: bool = True  # the output head is the embedding (Motif-2.6B); False: its own lm_head
+    # Packed sequences: attend within the current document only (the loader's position_ids say where each
+    # starts); False attends across documents, as Motif-2.6B pre-trained.
+    doc_mask: bool = False
+    # RoPE positions: "sequence" (0..S-1 in every row) or "document" (restarting at each document's first
+    # token in the row; a document continued from an earlier window restarts at the row's start).
+    rope_positions: str = setting("sequence", choices=("sequence", "document"))
 
     def rules(self):
         if self.attention == "differential":
@@ -212,6 +218,12 @@ class TrainConfig(Config):
     muon_clip_tau: float | None = setting(None, ge=0)
     # long context (Motif-2.6B: the last 80B tokens at 16,384 and RoPE base 500k): phases by tokens
     phase: tuple[PhaseConfig, ...] = ()
+    # fine-tuning: the model's weights at step 0 from a `motif-data train` checkpoint (a checkpoints/step-N.pt,
+    # or a run directory: its newest), with a fresh optimizer; None: initialised from the seed
+    init_from: str | None = None
+    # an SFT build as corpus: "pack" puts consecutive samples into a row while they fit, "pad" one sample a
+    # row; None: "pack". Only for an SFT corpus.
+    sft_packing: str | None = setting(None, choices=("pack", "pad"))
     # averaging of checkpoints (SMA); 0 means off
     sma_every: int = setting(0, ge=0)
     sma_window: int = setting(4, ge=1)
@@ -250,7 +262,35 @@ class TrainConfig(Config):
             )
         if self.muon_lr is not None and self.optimizer != "muon":
             yield "muon_lr", 'applies to optimizer = "muon" only: set that, or drop muon_lr'
+        if self.corpus is None or self.corpus.endswith(".toml"):  # a pre-training corpus, known from its name
+            yield from self._corpus_problems(sft=False)
         yield from self._phase_problems()
+
+    def check_corpus(self, sft: bool) -> None:
+        """Raise a ConfigError for the settings that do not apply to the corpus, once its manifest says whether
+        it is an SFT build (a manifest.json's kind is not in its name)."""
+        problems = list(self._corpus_problems(sft))
+        if problems:
+            raise ConfigError(self.title, problems, self.section)
+
+    def _corpus_problems(self, sft: bool):
+        if not sft and self.sft_packing is not None:
+            yield (
+                "sft_packing",
+                "applies to an SFT corpus only (train.corpus = the manifest.json of `motif-data sft build`): "
+                "drop sft_packing, or name an SFT build",
+            )
+        if sft and self.phase:
+            yield (
+                "phase",
+                "phases stage the pre-training mixture (long context); an SFT corpus has no phases: drop the "
+                "[[train.phase]] tables and set seq_len",
+            )
+        if sft and self.fit_schedule:
+            yield (
+                "fit_schedule",
+                "fits the pre-training mixture's schedule; an SFT corpus has none: drop fit_schedule",
+            )
 
     def _phase_problems(self):
         phases = self.phases
@@ -356,6 +396,8 @@ class TrainConfig(Config):
             value = train_section.get(key)
             if isinstance(value, str) and (value.endswith(".toml") or value.endswith(".json")):
                 train_section[key] = resolve_path(value, base_dir)
+        if isinstance(train_section.get("init_from"), str):  # a file or a run directory, whatever its name
+            train_section["init_from"] = resolve_path(train_section["init_from"], base_dir)
         stand_in = model or MODEL_PRESETS["tiny"]  # so the [train] problems are listed with the [model] ones
         try:
             cfg = from_mapping(cls, train_section, "train", model=stand_in, preset=preset or "custom")

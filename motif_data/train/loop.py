@@ -3,7 +3,8 @@ and the metrics logger.
 
 AdamW, or Muon + AdamW with QK-clip (``optim.py``), on a WSD learning rate; gradient accumulation and
 clipping, bf16 autocast on GPU, DDP under ``torchrun``, per-domain loss from the per-token losses,
-``metrics.jsonl`` per step, atomic checkpoints that resume exactly.
+``metrics.jsonl`` per step, atomic checkpoints that resume exactly. An SFT build as corpus fine-tunes: the loss
+is the mean over the step's labelled tokens, and ``init_from`` starts from another run's weights.
 """
 
 from __future__ import annotations
@@ -23,18 +24,22 @@ from torch.nn.parallel import DistributedDataParallel
 from motif_data import DOMAINS
 from motif_data.atomic import atomic_open, atomic_write_text
 from motif_data.kernels.linear_ce import default_backend
-from motif_data.shards import Manifest
+from motif_data.sft.dataset import IGNORE_INDEX
+from motif_data.shards import SFT_MANIFEST_FORMAT, Manifest, SftManifest
 from motif_data.train.checkpoint import (
     Checkpointer,
     CheckpointPartError,
     RNGState,
     finished_summary,
+    initial_weights,
     run_spec,
 )
 from motif_data.train.config import TrainConfig
 from motif_data.train.logger import MetricsLogger, keep_metrics_until
 from motif_data.train.model import Motif, count_parameters, flops_per_token
 from motif_data.train.optim import Optimizers, QKClip, build_optimizer
+from motif_data.trainer_hook.dataset import position_ids
+from motif_data.trainer_hook.metrics import DomainCounters
 from motif_data.trainer_hook.phases import Phase
 
 __all__ = ["train", "train_step", "refuse_existing_run", "domain_loss_sums", "peak_flops"]
@@ -48,9 +53,11 @@ _RUN_FIELDS = (
 )  # fmt: skip
 
 
-def _run_settings(cfg: TrainConfig) -> dict:
+def _run_settings(cfg: TrainConfig, sft: bool) -> dict:
     """The `_RUN_FIELDS` and the optimizer's settings in effect (Muon's only where Muon steps), so that an
-    AdamW run's checkpoint is not resumed as a Muon run nor one with another QK-clip threshold."""
+    AdamW run's checkpoint is not resumed as a Muon run nor one with another QK-clip threshold; on an SFT
+    corpus (``sft``) its packing too. Not ``init_from``: a resume takes the run's own checkpoint, whatever
+    the run started from."""
     settings = {name: getattr(cfg, name) for name in _RUN_FIELDS}
     if cfg.phases:
         settings["phase"] = [dataclasses.asdict(p) for p in cfg.phases]
@@ -59,6 +66,8 @@ def _run_settings(cfg: TrainConfig) -> dict:
     settings |= {"optimizer": cfg.optimizer, "muon_clip_tau": cfg.qk_clip_tau}
     if cfg.optimizer == "muon":
         settings |= {"muon_lr": cfg.muon_peak_lr, "muon_momentum": cfg.muon_momentum}
+    if sft:
+        settings["sft_packing"] = cfg.sft_packing or "pack"
     return settings
 
 
@@ -88,6 +97,16 @@ def domain_loss_sums(
     counts.index_add_(
         0, domains, torch.full((len(domains),), float(seq_len), dtype=torch.float64, device=counts.device)
     )
+    return sums, counts
+
+
+def _sft_loss_sums(loss_sum: torch.Tensor, labelled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logger's per-domain sums and counts, (len(DOMAINS) + 1,) float64, of an SFT step: DOMAINS' slots
+    empty (the samples are of none of them: metrics.jsonl's domain_loss lists none), the last one the step's
+    summed loss and labelled targets, so that its "loss" is their mean."""
+    sums = torch.zeros(len(DOMAINS) + 1, dtype=torch.float64, device=loss_sum.device)
+    counts = torch.zeros_like(sums)
+    sums[-1], counts[-1] = loss_sum, labelled
     return sums, counts
 
 
@@ -124,9 +143,7 @@ class _GlobalCounters:
         self.counters, self.world_size, self.is_main = counters, world_size, is_main
 
     def total(self):
-        from motif_data.trainer_hook import DomainCounters
-
-        total = DomainCounters()
+        total = type(self.counters)()
         total.load_state_dict(self.counters.state_dict())
         if self.world_size > 1:
             total.all_reduce()
@@ -138,6 +155,19 @@ class _GlobalCounters:
     def load_state_dict(self, state: dict) -> None:
         if self.is_main:
             self.counters.load_state_dict(state)
+
+
+class _SftCounters(DomainCounters):
+    """The counters of an SFT stream: one bucket, ``"sft"``, as its samples belong to none of DOMAINS. Tokens
+    are the rows' (what the model read, as for pre-training); the labelled-token loss is metrics.jsonl's."""
+
+    def __init__(self) -> None:
+        self.sequences, self.tokens, self.loss_sum = (torch.zeros(1, dtype=torch.float64) for _ in range(3))
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        if not self.sequences[0]:
+            return {}
+        return {"sft": {"sequences": float(self.sequences[0]), "tokens": float(self.tokens[0])}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,13 +235,20 @@ class _Run:
     loss_backend: str
     tokens_per_step: int  # the first phase's
     spans: list[_Span]
+    sft: bool  # the corpus is an SFT build
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
 
-def _model_config(cfg: TrainConfig, manifest: Manifest):
+def _load_corpus(path: str | os.PathLike) -> Manifest | SftManifest:
+    """The manifest of a pre-training or an SFT build, told apart by its format."""
+    is_sft = json.loads(Path(path).read_text(encoding="utf-8")).get("format") == SFT_MANIFEST_FORMAT
+    return SftManifest.load(path) if is_sft else Manifest.load(path)
+
+
+def _model_config(cfg: TrainConfig, manifest: Manifest | SftManifest):
     # The embedding is sized by the corpus's tokenizer unless the config fixes a (larger) vocabulary.
     if cfg.model.vocab_size is None:
         return dataclasses.replace(cfg.model, vocab_size=manifest.tokenizer.vocab_size)
@@ -245,9 +282,20 @@ def _stream(
     return MixtureDataLoader(dataset, num_workers=cfg.num_workers, pin_memory=pin_memory)
 
 
-def _setup(cfg: TrainConfig, manifest: Manifest) -> _Run:
-    from motif_data.trainer_hook import CheckpointAverager, DomainCounters
+def _sft_stream(cfg: TrainConfig, manifest: SftManifest, rank: int, world_size: int, pin_memory: bool):
+    """The SFT loader of this rank, without end (the run's steps decide how many epochs it sees)."""
+    from motif_data.sft.dataset import SftDataLoader, SftDataset
 
+    # Rows of seq_len + 1 tokens, as the mixture loader's: the model reads seq_len, each predicting the next.
+    dataset = SftDataset(manifest, cfg.seq_len + 1, cfg.seed, rank, world_size,
+                         packing=cfg.sft_packing != "pad", batch_size=cfg.micro_batch)  # fmt: skip
+    return SftDataLoader(dataset, num_workers=cfg.num_workers, pin_memory=pin_memory)
+
+
+def _setup(cfg: TrainConfig, manifest: Manifest | SftManifest) -> _Run:
+    from motif_data.trainer_hook import CheckpointAverager
+
+    sft = isinstance(manifest, SftManifest)
     rank, world_size, device = _setup_device(cfg)
     model_cfg = _model_config(cfg, manifest)
     loss_backend = default_backend(device) if cfg.loss_backend == "auto" else cfg.loss_backend
@@ -266,21 +314,60 @@ def _setup(cfg: TrainConfig, manifest: Manifest) -> _Run:
     qk_clip = QKClip(raw_model, cfg.qk_clip_tau, world_size) if cfg.qk_clip_tau else None
     spans = _spans(cfg, world_size)
     tokens_per_step = spans[0].tokens_per_step
-    loader = _stream(cfg, manifest, rank, world_size, _tokens_at(spans, cfg.steps), device.type == "cuda")
+    if sft:
+        loader = _sft_stream(cfg, manifest, rank, world_size, device.type == "cuda")
+    else:
+        loader = _stream(cfg, manifest, rank, world_size, _tokens_at(spans, cfg.steps), device.type == "cuda")
     averager = CheckpointAverager(cfg.sma_window, cfg.sma_every * tokens_per_step) if cfg.sma_every else None
     return _Run(
         cfg, model_cfg, rank, world_size, device, raw_model, model, optimizer, qk_clip, loader,
-        _GlobalCounters(DomainCounters(), world_size, rank == 0), averager,
+        _GlobalCounters(_SftCounters() if sft else DomainCounters(), world_size, rank == 0), averager,
         use_bf16=cfg.dtype == "bf16" or (cfg.dtype == "auto" and device.type == "cuda"),
-        loss_backend=loss_backend, tokens_per_step=tokens_per_step, spans=spans,
+        loss_backend=loss_backend, tokens_per_step=tokens_per_step, spans=spans, sft=sft,
     )  # fmt: skip
+
+
+def _mixture_micro_batches(run: _Run, batches):
+    """The step's micro-batches of the mixture loader, one at a time as the step reaches them: (inputs,
+    targets, positions or None, each row's domain) on the device (the domains on the host)."""
+    device = run.device
+    for _ in range(run.cfg.grad_accum):
+        batch = next(batches)
+        # The loader's int32 tokens travel as they are and are widened here, on the device.
+        ids = batch["input_ids"].to(device, non_blocking=True).long()
+        # Each token's position in its document, for document masking and per-document RoPE: built on the
+        # device from the batch's document table (no host sync), only when the model reads them.
+        positions = None
+        if run.raw_model.needs_positions:
+            on_device = {"input_ids": ids, "documents": batch["documents"].to(device, non_blocking=True)}
+            positions = position_ids(on_device)[:, :-1]
+        yield ids[:, :-1], ids[:, 1:], positions, batch["domain"]
+
+
+def _sft_micro_batches(run: _Run, batches) -> tuple[list[tuple], torch.Tensor]:
+    """The step's micro-batches of the SFT stream, all fetched first (the loss divides by the labelled tokens
+    of the whole step): (inputs, targets with −100 where not labelled, positions or None, each row's bucket:
+    0, the one of `_SftCounters`), and this rank's labelled targets (a device scalar)."""
+    device, micro_batches = run.device, []
+    for _ in range(run.cfg.grad_accum):
+        batch = next(batches)
+        ids = batch["input_ids"].to(device, non_blocking=True)
+        # labels[t] is token t where labelled: the target of the prediction made at t − 1.
+        targets = batch["labels"].to(device, non_blocking=True)[:, 1:]
+        positions = None
+        if run.raw_model.needs_positions:
+            positions = batch["position_ids"].to(device, non_blocking=True)[:, :-1]
+        micro_batches.append((ids[:, :-1], targets, positions, torch.zeros(len(ids), dtype=torch.int64)))
+    labelled = torch.stack([(t != IGNORE_INDEX).sum() for _, t, _, _ in micro_batches]).sum()
+    return micro_batches, labelled
 
 
 def train_step(run: _Run, batches, step: int) -> dict[str, torch.Tensor | float]:
     """One optimizer step (``step`` done before it) over ``grad_accum`` micro-batches; returns what the logger
     reads back: the step's lr (AdamW's) and RoPE base, per-domain loss sums and counts (over all ranks), the
     gradient norm, each sequence's domain and summed loss, and with QK-clip the largest logit and the number of
-    maps clipped."""
+    maps clipped. On an SFT stream the loss is the mean over the step's labelled targets, and the sums and
+    counts hold it in one slot after DOMAINS' (`_sft_loss_sums`)."""
     from motif_data.trainer_hook import wsd_lr
 
     cfg, model, device = run.cfg, run.model, run.device
@@ -295,21 +382,29 @@ def train_step(run: _Run, batches, step: int) -> dict[str, torch.Tensor | float]
     base = phase.rope_base
     run.raw_model.set_rope_base(base)
 
+    if run.sft:
+        micro_batches, labelled = _sft_micro_batches(run, batches)
+        step_labelled = labelled.clone()
+        if run.world_size > 1:
+            dist.all_reduce(step_labelled)  # on the device: no host sync
+        # DDP averages the ranks' gradients, so each rank's sum is scaled by world_size / the step's labelled
+        # targets of all ranks; a step without any (clamped to 1) has loss 0 and no gradient.
+        scale = run.world_size / step_labelled.clamp(min=1).float()
+    else:
+        micro_batches, scale = _mixture_micro_batches(run, batches), None
     sequence_losses, sequence_domains = [], []
-    for micro in range(cfg.grad_accum):
-        batch = next(batches)
-        # The loader's int32 tokens travel as they are and are widened here, on the device.
-        ids = batch["input_ids"].to(device, non_blocking=True).long()
+    for micro, (inputs, targets, positions, domains) in enumerate(micro_batches):
         # DDP all-reduces gradients only on the last micro-batch of the step.
         skip_sync = run.world_size > 1 and micro < cfg.grad_accum - 1
         with model.no_sync() if skip_sync else contextlib.nullcontext():
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.use_bf16):
-                token_losses = model(ids[:, :-1], ids[:, 1:])  # (B, S) fp32
+                token_losses = model(inputs, targets, positions)  # (B, S) fp32, 0 where a target is −100
             # sum × 1/n, not mean(): the gradient reaching the loss head is then one value expanded over the
             # tokens (stride 0), which the dense backend takes as uniform without a host sync.
-            (token_losses.sum() * (1.0 / (token_losses.numel() * cfg.grad_accum))).backward()
+            n = scale if scale is not None else 1.0 / (token_losses.numel() * cfg.grad_accum)
+            (token_losses.sum() * n).backward()
         sequence_losses.append(token_losses.detach().sum(dim=1))
-        sequence_domains.append(batch["domain"])
+        sequence_domains.append(domains)
     grad_norm = torch.nn.utils.clip_grad_norm_(run.raw_model.parameters(), cfg.grad_clip)
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
@@ -321,9 +416,12 @@ def train_step(run: _Run, batches, step: int) -> dict[str, torch.Tensor | float]
 
     seq_losses = torch.cat(sequence_losses).double()
     seq_domains = torch.cat(sequence_domains)  # from the loader, on the host
-    # non_blocking: a blocking host-to-device copy synchronises the stream, so the host would wait for the
-    # whole step before queuing the next one and leave the GPU idle meanwhile.
-    sums, counts = domain_loss_sums(seq_losses, seq_domains.to(device, non_blocking=True), phase.seq_len)
+    if run.sft:
+        sums, counts = _sft_loss_sums(seq_losses.sum(), labelled)
+    else:
+        # non_blocking: a blocking host-to-device copy synchronises the stream, so the host would wait for the
+        # whole step before queuing the next one and leave the GPU idle meanwhile.
+        sums, counts = domain_loss_sums(seq_losses, seq_domains.to(device, non_blocking=True), phase.seq_len)
     if run.world_size > 1:
         dist.all_reduce(sums)
         dist.all_reduce(counts)
@@ -342,9 +440,15 @@ def train(
     elif (finished := finished_summary(out, cfg.steps)) is not None:
         return finished
     joined_here = not dist.is_initialized()
-    run = _setup(cfg, Manifest.load(manifest_path))
+    corpus = _load_corpus(manifest_path)
+    sft = isinstance(corpus, SftManifest)
+    cfg.check_corpus(sft)
+    spec = run_spec(dataclasses.asdict(_model_config(cfg, corpus)), _run_settings(cfg, sft), manifest_path)
+    # On --resume the run's own checkpoint wins over init_from: it holds this run's weights, optimizer and data
+    # position; init_from only gives step 0 its weights. Checked before setup, which may take long.
+    initial = initial_weights(cfg.init_from, spec["model"]) if cfg.init_from and not resume else None
+    run = _setup(cfg, corpus)
 
-    spec = run_spec(dataclasses.asdict(run.model_cfg), _run_settings(cfg), manifest_path)
     checkpointer = Checkpointer(out / "checkpoints", spec, every=cfg.ckpt_every or None,
                                 keep=cfg.keep_checkpoints, write=run.is_main)  # fmt: skip
     checkpointer.register(model=run.raw_model, optimizer=run.optimizer, loader=run.loader,
@@ -361,6 +465,12 @@ def train(
             ) from e
         if run.is_main:
             keep_metrics_until(out / "metrics.jsonl", start)
+    elif initial is not None:
+        path, state = initial
+        run.raw_model.load_state_dict(state["model"])  # every rank reads the same file: DDP replicas agree
+        if run.is_main:
+            print(f"train: model weights of {path} (step {state['step']}), a fresh optimizer", flush=True)
+        del initial, state  # the file's mapping, optimizer states included
     if run.is_main:
         out.mkdir(parents=True, exist_ok=True)
         print(

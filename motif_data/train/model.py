@@ -20,7 +20,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from motif_data.kernels import DifferentialAttention, PolyNormGatedMLP, linear_cross_entropy
+from motif_data.kernels import (
+    DifferentialAttention,
+    PolyNormGatedMLP,
+    document_bounds,
+    document_mask,
+    linear_cross_entropy,
+)
 from motif_data.kernels.linear_ce import reference_linear_cross_entropy
 from motif_data.kernels.rmsnorm import RMSNorm
 from motif_data.train.config import ModelConfig
@@ -54,12 +60,18 @@ class Rotary(nn.Module):
             self.sin.copy_(sin)
             self.base = base
 
-    def forward(self, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, seq_len: int, positions: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (S, D/2) tables of positions 0..S-1, or with ``positions`` (B, S) each token's own angles as
+        (B, 1, S, D/2), which broadcast over the heads as the sliced tables do."""
         if seq_len > self.max_seq_len:
             raise ValueError(
                 f"sequence of {seq_len} tokens is longer than model.max_seq_len {self.max_seq_len}: raise it"
             )
-        return self.cos[:seq_len], self.sin[:seq_len]
+        if positions is None:
+            return self.cos[:seq_len], self.sin[:seq_len]
+        return self.cos[positions][:, None], self.sin[positions][:, None]
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -116,11 +128,13 @@ class DiffAttention(DifferentialAttention):
             "_own_keys", torch.tensor([keys[m] for m in own], dtype=torch.long), persistent=False
         )
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, documents: torch.Tensor | None = None
+    ) -> torch.Tensor:
         B, S, _ = x.shape
         q, k = _rotated_qk(self, x, cos, sin)
         v = self.v_proj(x).view(B, S, self.kv_pairs, 2 * self.head_dim).transpose(1, 2)
-        out = super().forward(q, k, v)  # (B, H, S, Dv), a view of (B, S, H, Dv) memory
+        out = super().forward(q, k, v, documents)  # (B, H, S, Dv), a view of (B, S, H, Dv) memory
         return self.o_proj(out.transpose(1, 2).reshape(B, S, -1))
 
     @torch.no_grad()
@@ -148,11 +162,16 @@ class StandardAttention(nn.Module):
         self.head_dim = cfg.head_dim
         _add_projections(self, cfg)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, documents: torch.Tensor | None = None
+    ) -> torch.Tensor:
         B, S, _ = x.shape
         q, k = _rotated_qk(self, x, cos, sin)
         v = self.v_proj(x).view(B, S, -1, self.head_dim).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if documents is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:  # the baseline masks with an explicit (B, 1, S, S) mask: SDPA skips no blocks for it
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=document_mask(documents))
         return self.o_proj(out.transpose(1, 2).reshape(B, S, -1))
 
 
@@ -187,20 +206,26 @@ class DecoderLayer(nn.Module):
             else SwiGLUMLP(cfg)
         )
 
-    def attention_branch(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        return self.self_attn(self.input_layernorm(x), cos, sin)
+    def attention_branch(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, documents: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.self_attn(self.input_layernorm(x), cos, sin, documents)
 
     def mlp_branch(self, x: torch.Tensor) -> torch.Tensor:
         return self.mlp(self.post_attention_layernorm(x))
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.attention_branch(x, cos, sin)
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, documents: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        x = x + self.attention_branch(x, cos, sin, documents)
         return x + self.mlp_branch(x)
 
 
 class Motif(nn.Module):
-    """``forward(input_ids, targets)`` returns the per-token loss (B, S), so the loop can split it by domain;
-    without targets it returns the final hidden states (B, S, d)."""
+    """``forward(input_ids, targets, position_ids)`` returns the per-token loss (B, S), so the loop can split it
+    by domain; without targets it returns the final hidden states (B, S, d). ``position_ids`` (B, S), counting
+    up within each packed document as the loader yields them, matter only with ``cfg.doc_mask`` or
+    ``cfg.rope_positions = "document"``; without them every row is one document."""
 
     def __init__(
         self,
@@ -247,11 +272,31 @@ class Motif(nn.Module):
     def set_rope_base(self, base: float) -> None:
         self.rotary.set_base(base)
 
-    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+    @property
+    def needs_positions(self) -> bool:
+        """Whether ``forward`` reads ``position_ids``: the loop builds them only then."""
+        return self.cfg.doc_mask or self.cfg.rope_positions == "document"
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         x = self.embed_tokens(input_ids)
-        cos, sin = self.rotary(input_ids.shape[1])
+        seq_len = input_ids.shape[1]
+        # The bounds once per step, shared by every layer (and by the kernels' block skipping).
+        documents = (
+            document_bounds(position_ids) if position_ids is not None and self.needs_positions else None
+        )
+        positions = None
+        if documents is not None and self.cfg.rope_positions == "document":
+            positions = torch.arange(seq_len, device=input_ids.device) - documents[0]
+        cos, sin = self.rotary(seq_len, positions)
+        if not self.cfg.doc_mask:
+            documents = None
         for layer in self.layers:
-            x = self._layer(layer, x, cos, sin)
+            x = self._layer(layer, x, cos, sin, documents)
         hidden = self.norm(x)
         if targets is None:
             return hidden
@@ -266,7 +311,12 @@ class Motif(nn.Module):
         return losses.view_as(targets)
 
     def _layer(
-        self, layer: DecoderLayer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+        self,
+        layer: DecoderLayer,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        documents: torch.Tensor | None,
     ) -> torch.Tensor:
         """One decoder layer under the activation-checkpointing mode. "block": only the layer's input is kept
         and the whole layer is recomputed in the backward. "selective": the attention half keeps what it saves
@@ -277,11 +327,11 @@ class Motif(nn.Module):
         setting under DDP: tests/train/test_memory.py checks bitwise-equal loss and gradients in eager, under
         torch.compile (aot_eager, on the CPU) and under DDP (one gloo rank)."""
         if self.activation_checkpointing == "none" or not torch.is_grad_enabled():
-            return layer(x, cos, sin)
+            return layer(x, cos, sin, documents)
         if self.activation_checkpointing == "block":
-            return checkpoint(layer, x, cos, sin, use_reentrant=False)
+            return checkpoint(layer, x, cos, sin, documents, use_reentrant=False)
         # DecoderLayer.forward's two residual branches, the second one checkpointed.
-        x = x + layer.attention_branch(x, cos, sin)
+        x = x + layer.attention_branch(x, cos, sin, documents)
         return x + checkpoint(layer.mlp_branch, x, use_reentrant=False)
 
 

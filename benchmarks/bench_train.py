@@ -10,6 +10,7 @@ variant is the anchor: two SDPA calls per differential layer, eager PolyNorm ⊙
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -70,9 +71,9 @@ def main() -> int:
     corpus_dir = tempfile.TemporaryDirectory() if args.corpus == "random" else None
     corpus = random_corpus(Path(corpus_dir.name), base) if corpus_dir else Path(args.corpus)
     print(f"corpus: {'random tokens, ' if corpus_dir else ''}{corpus}")
-    results = {}
+    results, fitted = {}, {}
     for name in args.variants:
-        results[name] = run_variant(name, base.replace(**VARIANTS[name]), corpus)
+        results[name], fitted[name] = run_variant(name, base.replace(**VARIANTS[name]), corpus)
     anchor = results.get("reference (anchor)")
     print()
     print(f"{'variant':30s} {'step ms':>9s} {'tokens/s':>12s} {'MFU':>7s} {'peak GiB':>9s} {'speed-up':>9s}")
@@ -88,8 +89,9 @@ def main() -> int:
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     if args.profile:
+        # Each variant profiled as it ran above (the anchor at the micro-batch that fitted).
         breakdowns = {
-            name: profile_steps(base.replace(**VARIANTS[name], steps=args.profile, warmup_steps=1), corpus)
+            name: profile_steps(fitted[name].replace(steps=args.profile, warmup_steps=1), corpus)
             for name, s in results.items()
             if s is not None
         }
@@ -127,25 +129,32 @@ def random_corpus(root: Path, cfg: TrainConfig, tokens_per_domain: int = 1 << 20
     return root / "manifest.json"
 
 
-def run_variant(name: str, cfg, corpus: Path) -> dict | None:
+def _release_memory() -> None:
+    # What the last run left (its model, optimizer states, the allocator's cache) goes before the next one.
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def run_variant(name: str, cfg, corpus: Path) -> tuple[dict | None, TrainConfig]:
     """Train one variant; out of GPU memory, retry with half the micro-batch and twice the accumulation (the
-    same tokens per step): the references' full logits (micro-batch × seq × vocab fp32) outgrow a card first."""
+    same tokens per step): the references' full logits (micro-batch × seq × vocab fp32) outgrow a card first.
+    Returns the summary (None when it failed) and the config it ran with."""
     while True:
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
+        _release_memory()
         with tempfile.TemporaryDirectory() as out:
             try:
-                return train(cfg, out, corpus)
+                return train(cfg, out, corpus), cfg
             except torch.cuda.OutOfMemoryError:
                 if cfg.micro_batch == 1:
                     print(f"{name}: out of memory even at micro-batch 1", file=sys.stderr)
-                    return None
+                    return None, cfg
                 cfg = cfg.replace(micro_batch=cfg.micro_batch // 2, grad_accum=cfg.grad_accum * 2)
                 print(f"{name}: out of memory; again as {cfg.grad_accum} × {cfg.micro_batch} × {cfg.seq_len}")
             except Exception as e:  # a variant that fails (e.g. compile) is reported, the others still run
                 print(f"{name}: failed: {type(e).__name__}: {e}", file=sys.stderr)
-                return None
+                return None, cfg
 
 
 # Kernel name fragments → what the time is spent on, first match wins. The references' kernels count too:
@@ -177,6 +186,7 @@ def profile_steps(cfg, corpus: Path) -> dict[str, float]:
     wall step minus all kernel time (host work the GPU waits for), and "step": the median wall step."""
     from torch.profiler import ProfilerActivity, profile
 
+    _release_memory()
     with tempfile.TemporaryDirectory() as warm:  # autotuning, compiling and allocator warm-up outside
         train(cfg.replace(steps=2), warm, corpus)
     on_gpu = torch.cuda.is_available()

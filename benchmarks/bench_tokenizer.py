@@ -2,9 +2,12 @@
 
 1. Training time of the full-size run (all Korean samples, 19,493 merges, 2 worker processes), against the
    anchor: plain single-threaded Python continued BPE on the same input, whose merges must equal ours.
-2. Quality on Korean text NOT used for training: a second run trains on kowiki_train + 90 % of the movie
-   reviews and is measured on kowiki_fineweb2_schema.parquet (other articles) and the held-out 10 % of
-   reviews (every 10th document).
+2. Quality on Korean text disjoint from the training files by source: two tokenizers trained on the same
+   input (kowiki_train + reviews of 90 % of the films), one with the previous rule (plain counts) and one
+   with the current default (a piece counted at most 3 times per document), measured against o200k on
+   Wikipedia articles of other dump files (kowiki_fineweb2_schema.parquet), reviews of the other films
+   (every 10th film by movie_id) and, where KoNLPy is installed, its constitution and bills; with each
+   variant's unreachable tokens and whether it keeps o200k's ids on every non-Korean shared document.
 3. Encode speed on the same text, single thread: extended (tiktoken) vs o200k (tiktoken) vs exported HF.
 4. Bytes/token per domain for all eight domains of ../shared/data, and whether ids equal o200k's.
 5. HF tokenizer.json vs tiktoken on every document of the shared samples (id mismatches, decode failures).
@@ -129,15 +132,36 @@ def plain_continued_bpe(
     return merges, seconds
 
 
-def _split_reviews(reviews: Path, out: Path) -> tuple[Path, Path]:
-    """Every 10th review is held out; the rest may be trained on."""
+def _split_reviews_by_film(reviews: Path, out: Path) -> tuple[Path, Path]:
+    """Reviews of every 10th film (in movie_id order) are held out; the other films' may be trained on.
+
+    Split by film, not by review: reviews of one film share its title, cast and plot words, so a review
+    held out beside its film's other reviews is not disjoint from the training text.
+    """
     import orjson
 
-    kept, held = out / "nsmc_train.jsonl", out / "nsmc_heldout.jsonl"
+    from motif_data.textio import iter_chunks, iter_lines
+
+    records = [orjson.loads(line) for line in iter_lines(iter_chunks(reviews, "zstd")) if line.strip()]
+    held_films = set(sorted({r["movie_id"] for r in records})[::10])
+    kept, held = out / "nsmc_train_films.jsonl", out / "nsmc_other_films.jsonl"
     with open(kept, "wb") as k, open(held, "wb") as h:
-        for i, text in enumerate(iter_texts(reviews)):
-            (h if i % 10 == 0 else k).write(orjson.dumps({"text": text}) + b"\n")
+        for r in records:
+            (h if r["movie_id"] in held_films else k).write(orjson.dumps({"text": r["text"]}) + b"\n")
     return kept, held
+
+
+def _keeps_o200k_ids(enc: tiktoken.Encoding, base: tiktoken.Encoding, files: list[Path]) -> tuple[int, int]:
+    """(documents, documents whose ids differ from o200k's) over ``files``, NFC-normalized."""
+    documents = differ = 0
+    for path in files:
+        texts = [unicodedata.normalize("NFC", t) for t in iter_texts(path)]
+        documents += len(texts)
+        differ += sum(
+            a != b
+            for a, b in zip(base.encode_ordinary_batch(texts), enc.encode_ordinary_batch(texts), strict=True)
+        )
+    return documents, differ
 
 
 def _speeds(texts: list[str], encoders: dict, rounds: int = 5) -> dict[str, float]:
@@ -245,36 +269,69 @@ def main() -> int:
         f"merges {same}; load average {os.getloadavg()}"
     )
 
-    # 2. held-out quality
-    kept, held = _split_reviews(korean / "nsmc_reviews.jsonl.zst", work)
-    start = time.perf_counter()
-    split = train_tokenizer(
-        TokenizerConfig(
-            inputs=((str(korean / "kowiki_train.jsonl.zst"), 1), (str(kept), 1)), base=str(base_path)
-        ),
-        progress=False,
-    )
-    split_s = time.perf_counter() - start
+    # 2. quality on text disjoint from the training files by source: previous rule vs current rule
+    kept, held = _split_reviews_by_film(korean / "nsmc_reviews.jsonl.zst", work)
+    train_input = ((str(korean / "kowiki_train.jsonl.zst"), 1), (str(kept), 1))
+    default_cap = TokenizerConfig(inputs=train_input).max_per_document
+    rules = {
+        "previous rule (plain counts)": 0,
+        f"current rule (≤ {default_cap}× per document)": default_cap,
+    }
+    variants, seconds = {}, {}
+    for name, cap in rules.items():
+        start = time.perf_counter()
+        variants[name] = train_tokenizer(
+            TokenizerConfig(inputs=train_input, base=str(base_path), max_per_document=cap), progress=False
+        ).encoding
+        seconds[name] = time.perf_counter() - start
     print(
-        f"\n## Korean text not used for training (tokenizer trained on kowiki_train + 90 % of reviews in {split_s:.1f} s)"
+        "\n## Korean disjoint from the training files by source (both trained on kowiki_train + reviews of "
+        "90 % of the films; same input, same 19,493-token budget; "
+        + ", ".join(f"{name} trained in {s:.1f} s" for name, s in seconds.items())
+        + ")"
     )
     print(
-        "| file | relation to the training text | o200k bytes/token | extended bytes/token | change |\n"
-        "|---|---|---|---|---|"
+        "| file | relation to the training text | o200k bytes/token | "
+        + " | ".join(rules)
+        + " |\n|---|---|---|"
+        + "---|" * len(rules)
     )
     measured = [
-        (korean / "kowiki_train.jsonl.zst", "trained on (in distribution)"),
-        (korean / "kowiki_fineweb2_schema.parquet", "other articles, files not trained on"),
-        (held, "held-out 10 % of the same reviews"),
+        (korean / "kowiki_train.jsonl.zst", "trained on (in distribution)", False),
+        (korean / "kowiki_fineweb2_schema.parquet", "Wikipedia articles of other dump files", True),
+        (held, "reviews of the other 10 % of films", True),
     ]
     other = _konlpy_documents(work)
     if other is not None:
-        measured.append((other, "another source: KoNLPy's constitution and bills (legal text)"))
-    for path, relation in measured:
-        row = compare_file(path, base, split.encoding)
+        measured.append((other, "another source: KoNLPy's constitution and bills (legal text)", False))
+    pooled: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])  # name → bytes, o200k, extended tokens
+    for path, relation, pools in measured:
+        rows = {name: compare_file(path, base, enc) for name, enc in variants.items()}
+        first = next(iter(rows.values()))
+        cells = [
+            f"{r['extended_bytes_per_token']:.3f} ({r['bytes_per_token_change']:+.1%})" for r in rows.values()
+        ]
         print(
-            f"| {path.name} | {relation} | {row['o200k_bytes_per_token']:.3f} | "
-            f"{row['extended_bytes_per_token']:.3f} | {row['bytes_per_token_change']:+.1%} |"
+            f"| {path.name} | {relation} | {first['o200k_bytes_per_token']:.3f} | " + " | ".join(cells) + " |"
+        )
+        # Issue 21's combined figure pools the disjoint Wikipedia and review files: all bytes over all tokens.
+        if pools:
+            for name, r in rows.items():
+                total = pooled[name]
+                total[0] += r["bytes"]
+                total[1] += r["o200k_tokens"]
+                total[2] += r["extended_tokens"]
+    b, o = next(iter(pooled.values()))[:2]
+    cells = [f"{b / e:.3f} ({o / e - 1:+.1%})" for _, _, e in pooled.values()]
+    print(f"| Wikipedia + reviews above, pooled | disjoint | {b / o:.3f} | " + " | ".join(cells) + " |")
+    non_korean = [
+        path for domain in DOMAINS if domain != "korean" for path in sorted((data / domain).glob("*"))
+    ]
+    for name, enc in variants.items():
+        documents, differ = _keeps_o200k_ids(enc, base, non_korean)
+        print(
+            f"{name}: {len(unreachable_tokens(enc))} unreachable learned tokens; ids differ from o200k on "
+            f"{differ} of {documents:,} non-Korean shared documents"
         )
 
     # 3. encode speed on the same texts
@@ -309,8 +366,7 @@ def main() -> int:
     for domain in DOMAINS:
         for path in sorted((data / domain).glob("*")):
             row = compare_file(path, base, full.encoding)
-            texts = [unicodedata.normalize("NFC", t) for t in iter_texts(path)]
-            same = base.encode_ordinary_batch(texts) == full.encoding.encode_ordinary_batch(texts)
+            same = _keeps_o200k_ids(full.encoding, base, [path])[1] == 0
             print(
                 f"| {domain} | {path.name} | {row['o200k_bytes_per_token']:.3f} | "
                 f"{row['extended_bytes_per_token']:.3f} | {row['bytes_per_token_change']:+.1%} | {'yes' if same else 'no'} |"

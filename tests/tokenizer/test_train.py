@@ -3,6 +3,7 @@ from collections import Counter
 from itertools import pairwise
 
 import orjson
+import pytest
 import regex
 import tiktoken
 from tokhelpers import read_texts
@@ -49,20 +50,25 @@ def test_trainer_segmentation_equals_tiktoken_on_every_training_piece(
     assert fingerprint(enc) == fingerprint(trained)
 
 
-def test_merges_equal_brute_force_continued_bpe(corpus, o200k, o200k_path, tmp_path):
-    """Reference: re-encode every piece with a tiktoken Encoding of the current ranks, recount all pairs."""
-    texts = read_texts(corpus["korean_short"], 300)
+@pytest.mark.parametrize("cap", [3, 1, 0], ids=["default-cap-3", "cap-1", "plain-counts"])
+def test_merges_equal_brute_force_continued_bpe(corpus, o200k, o200k_path, tmp_path, cap):
+    """Reference: re-encode every piece with a tiktoken Encoding of the current ranks, recount all pairs.
+
+    Also for plain counts (cap 0), the rule before --max-per-document that the benchmark measures beside it.
+    """
+    # One generated document repeats a made-up word 60 times: the caps then learn different merges.
+    texts = [*read_texts(corpus["korean_short"], 300), " ".join(["뒤죽박죽섞인말"] * 60)]
     tiny = tmp_path / "tiny.jsonl"
     tiny.write_bytes(b"".join(orjson.dumps({"text": t}) + b"\n" for t in texts))
     steps = 25
 
     pattern = regex.compile(o200k._pat_str)
     pieces = Counter()
-    for t in texts:  # the default counts a piece at most 3 times per document
+    for t in texts:
         in_doc = Counter(
             p for p in pattern.findall(unicodedata.normalize("NFC", t)) if _has_hangul_by_name(p)
         )
-        pieces.update({p: min(n, 3) for p, n in in_doc.items()})
+        pieces.update({p: min(n, cap) if cap else n for p, n in in_doc.items()})
     ranks = dict(o200k._mergeable_ranks)
     by_id = {r: t for t, r in ranks.items()}
     expected = []
@@ -82,7 +88,9 @@ def test_merges_equal_brute_force_continued_bpe(corpus, o200k, o200k_path, tmp_p
 
     vocab = FIRST_LEARNED + len(NAMED_SPECIALS) + steps
     ours = train_tokenizer(
-        TokenizerConfig(inputs=((str(tiny), 1),), base=str(o200k_path), vocab_size=vocab, workers=1),
+        TokenizerConfig(
+            inputs=((str(tiny), 1),), base=str(o200k_path), vocab_size=vocab, workers=1, max_per_document=cap
+        ),
         progress=False,
     )
     assert ours.learned.tokens == expected

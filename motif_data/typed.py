@@ -230,6 +230,8 @@ def _describe(tp) -> str:
     args = typing.get_args(tp)
     if _is_union(tp):
         return " or ".join("nothing (leave it out)" if a is type(None) else _describe(a) for a in args)
+    if typing.get_origin(tp) is dict:
+        return f"a table of {_describe(args[1]).removeprefix('a ').removeprefix('an ')}s"
     if typing.get_origin(tp) is tuple:
         if len(args) == 2 and args[1] is Ellipsis:
             return f"a list of {_describe(args[0]).removeprefix('a ').removeprefix('an ')}s"
@@ -311,6 +313,14 @@ def _convert(value, tp) -> tuple[Any, bool]:
         if not all(ok for _, ok in out):
             return value, False
         return tuple(v for v, _ in out), True
+    if typing.get_origin(tp) is dict:  # a TOML table of name = value
+        key_type, value_type = typing.get_args(tp)
+        if not isinstance(value, Mapping):
+            return value, False
+        out = {k: _convert(v, value_type) for k, v in value.items()}
+        if not all(_convert(k, key_type)[1] and ok for k, (_, ok) in out.items()):
+            return value, False
+        return {k: v for k, (v, _) in out.items()}, True
     if isinstance(tp, type):
         return value, isinstance(value, tp)
     return value, True

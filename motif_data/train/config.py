@@ -224,6 +224,9 @@ class TrainConfig(Config):
     # an SFT build as corpus: "pack" puts consecutive samples into a row while they fit, "pad" one sample a
     # row; None: "pack". Only for an SFT corpus.
     sft_packing: str | None = setting(None, choices=("pack", "pad"))
+    # an SFT build as corpus: how many times each source's samples an epoch draws (a table source = weight;
+    # 0 leaves a source out, 2 draws each of its samples twice); unnamed sources 1. Only for an SFT corpus.
+    sft_weights: dict[str, float] | None = None
     # averaging of checkpoints (SMA); 0 means off
     sma_every: int = setting(0, ge=0)
     sma_window: int = setting(4, ge=1)
@@ -262,6 +265,8 @@ class TrainConfig(Config):
             )
         if self.muon_lr is not None and self.optimizer != "muon":
             yield "muon_lr", 'applies to optimizer = "muon" only: set that, or drop muon_lr'
+        if self.sft_weights is not None and any(w < 0 for w in self.sft_weights.values()):
+            yield "sft_weights", f"weights are times a source's samples an epoch, ≥ 0: got {self.sft_weights}"
         if self.corpus is None or self.corpus.endswith(".toml"):  # a pre-training corpus, known from its name
             yield from self._corpus_problems(sft=False)
         yield from self._phase_problems()
@@ -274,6 +279,12 @@ class TrainConfig(Config):
             raise ConfigError(self.title, problems, self.section)
 
     def _corpus_problems(self, sft: bool):
+        if not sft and self.sft_weights is not None:
+            yield (
+                "sft_weights",
+                "applies to an SFT corpus only (train.corpus = the manifest.json of `motif-data sft build`): "
+                "drop sft_weights, or name an SFT build",
+            )
         if not sft and self.sft_packing is not None:
             yield (
                 "sft_packing",

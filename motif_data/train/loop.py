@@ -41,6 +41,7 @@ from motif_data.train.optim import Optimizers, QKClip, build_optimizer
 from motif_data.trainer_hook.dataset import position_ids
 from motif_data.trainer_hook.metrics import DomainCounters
 from motif_data.trainer_hook.phases import Phase
+from motif_data.typed import ConfigError
 
 __all__ = ["train", "train_step", "refuse_existing_run", "domain_loss_sums", "peak_flops"]
 
@@ -68,6 +69,7 @@ def _run_settings(cfg: TrainConfig, sft: bool) -> dict:
         settings |= {"muon_lr": cfg.muon_peak_lr, "muon_momentum": cfg.muon_momentum}
     if sft:
         settings["sft_packing"] = cfg.sft_packing or "pack"
+        settings["sft_weights"] = cfg.sft_weights
     return settings
 
 
@@ -282,13 +284,27 @@ def _stream(
     return MixtureDataLoader(dataset, num_workers=cfg.num_workers, pin_memory=pin_memory)
 
 
+def _sft_weights(cfg: TrainConfig, manifest: SftManifest) -> dict[str, float] | None:
+    """``train.sft_weights``, checked against the build's sources (a config error naming the key, not the
+    dataset's)."""
+    if cfg.sft_weights is None:
+        return None
+    sources = list(dict.fromkeys(s.source for s in manifest.shards))
+    unknown = sorted(set(cfg.sft_weights) - set(sources))
+    if unknown:
+        raise ConfigError(cfg.title, [("sft_weights", f"names sources the build does not hold: {unknown}; "
+                                       f"it holds {sources}")], cfg.section)  # fmt: skip
+    return cfg.sft_weights
+
+
 def _sft_stream(cfg: TrainConfig, manifest: SftManifest, rank: int, world_size: int, pin_memory: bool):
     """The SFT loader of this rank, without end (the run's steps decide how many epochs it sees)."""
     from motif_data.sft.dataset import SftDataLoader, SftDataset
 
     # Rows of seq_len + 1 tokens, as the mixture loader's: the model reads seq_len, each predicting the next.
     dataset = SftDataset(manifest, cfg.seq_len + 1, cfg.seed, rank, world_size,
-                         packing=cfg.sft_packing != "pad", batch_size=cfg.micro_batch)  # fmt: skip
+                         packing=cfg.sft_packing != "pad", batch_size=cfg.micro_batch,
+                         weights=_sft_weights(cfg, manifest))  # fmt: skip
     return SftDataLoader(dataset, num_workers=cfg.num_workers, pin_memory=pin_memory)
 
 

@@ -203,3 +203,31 @@ def test_the_shipped_finetune_config_names_the_gsm8k_build_and_a_base_run():
     assert cfg.preset == "tiny" and cfg.model.vocab_size == 219_520
     assert Path(cfg.corpus) == root / "build" / "sft-gsm8k" / "manifest.json"
     assert Path(cfg.init_from) == root / "runs" / "tiny-base"
+
+
+def test_sft_weights_reach_the_stream_and_are_checked_by_key(tmp_path, sft_manifest, base_run):
+    # Weighted, the run's first step reads the rows of SftDataset with those weights (each sample twice an
+    # epoch here: another order than unweighted), and its loss is theirs.
+    cfg = finetune_config(sft_manifest, base_run, steps=1, warmup_steps=0, sft_weights={"chat": 2})
+    train(cfg, tmp_path / "weighted", sft_manifest)
+    base = Motif(cfg.model)
+    base.load_state_dict(torch.load(latest_checkpoint(base_run / "checkpoints"), weights_only=False)["model"])
+    rows = {}
+    for weights in ({"chat": 2.0}, None):
+        stream = SftDataset(sft_manifest, cfg.seq_len + 1, cfg.seed, packing=True, weights=weights)
+        rows[weights is None] = [stream.row(g) for g in range(cfg.micro_batch)]
+    assert any(
+        not torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(rows[False], rows[True], strict=True)
+    )
+    with torch.no_grad():
+        expected = masked_mean_loss(base, rows[False])
+    assert losses(tmp_path / "weighted")[0] == pytest.approx(float(expected), rel=1e-5)
+
+    with pytest.raises(
+        ValueError, match=r"train\.sft_weights: names sources the build does not hold: \['tulu'\]"
+    ):
+        train(finetune_config(sft_manifest, base_run, sft_weights={"tulu": 1}), tmp_path / "a", sft_manifest)
+    with pytest.raises(ValueError, match=r"train\.sft_weights: weights are times"):
+        finetune_config(sft_manifest, base_run, sft_weights={"chat": -1})
+    with pytest.raises(ValueError, match=r"train\.sft_weights: expected a table of numbers"):
+        finetune_config(sft_manifest, base_run, sft_weights={"chat": "two"})

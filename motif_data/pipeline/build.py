@@ -30,7 +30,7 @@ from motif_data.pipeline.config import BuildConfig, expand_paths
 from motif_data.pipeline.layout import LOGS_DIR, SPILL_DIR, WORK_DIR
 from motif_data.shards import Manifest
 
-__all__ = ["build", "describe_plan", "stages", "make_executors", "run_stages"]
+__all__ = ["build", "describe_plan", "stages", "make_executors", "run_stages", "slurm_job"]
 Log = Callable[[str], None]
 
 
@@ -126,7 +126,7 @@ def _seconds(hms: str) -> int:
     return seconds
 
 
-def _slurm_job(pipeline: list, config: BuildConfig, tasks: int, name: str, logging_dir: str, depends):
+def slurm_job(pipeline: list, config: BuildConfig, tasks: int, name: str, logging_dir: str, depends):
     """One Slurm job of the build; every job (the stages and the finalize job) gets the same sbatch
     settings, so a cluster that needs a qos, a venv or extra sbatch lines gets them for each."""
     from datatrove.executor.slurm import SlurmPipelineExecutor
@@ -154,7 +154,7 @@ def slurm_jobs(config: BuildConfig, out: Path, plan: list[BuildStage]) -> list:
     from motif_data.pipeline.write import FinalizeStep
 
     jobs = make_executors(config, out, plan)
-    finalize = _slurm_job([FinalizeStep(config)], config, 1, "motif-finalize",
+    finalize = slurm_job([FinalizeStep(config)], config, 1, "motif-finalize",
                           str(out / WORK_DIR / "finalize"), jobs[-1])  # fmt: skip
     return jobs + [finalize]
 
@@ -192,7 +192,7 @@ def make_executors(config: BuildConfig, out: Path, plan: list[BuildStage]) -> li
             )
         else:
             made.append(
-                _slurm_job(
+                slurm_job(
                     stage.pipeline,
                     config,
                     stage.tasks,

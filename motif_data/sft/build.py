@@ -8,7 +8,8 @@ Stages (datatrove executor runs with completion markers, so a killed build resum
 5. ``minhash-verify``  LSH candidates kept only at Jaccard ≥ threshold (one task)
 6. ``minhash-clusters`` datatrove's clustering of the verified pairs
 7. ``render``   spill → drop duplicates → ids + mask → drop short → masked shards
-then ``stats.json`` (read = kept + exact + near duplicates + short + errored, per source) and ``manifest.json``.
+then ``stats.json`` (read = kept + exact + near duplicates + short + errored, per source) and ``manifest.json``
+(on Slurm a one-task job of its own, after the stages' jobs).
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ from pathlib import Path
 
 from motif_data.atomic import atomic_write_text, naming_output
 from motif_data.pipeline.accounting import check_invariant, collect, ledger
-from motif_data.pipeline.build import BuildStage, refuse_unguarded_main, run_stages
+from motif_data.pipeline.build import BuildStage, make_executors, refuse_unguarded_main, run_stages, slurm_job
 from motif_data.pipeline.layout import INTERMEDIATE, LOGS_DIR, RESULTS_DIR, SPILL_DIR, WORK_DIR
 from motif_data.sft.config import SftConfig
 from motif_data.shards import MaskedShardInfo, SftManifest, TokenizerInfo
 
-__all__ = ["SHARD_DIR", "build_sft", "sft_stages", "sft_stats"]
+__all__ = ["SHARD_DIR", "build_sft", "finalize_sft", "sft_slurm_jobs", "sft_stages", "sft_stats"]
 Log = Callable[[str], None]
 
 SHARD_DIR = "shards"
@@ -219,10 +220,27 @@ def _finalize(config: SftConfig, out: Path, enc, log: Log) -> SftManifest:
     return manifest
 
 
+def finalize_sft(config: SftConfig, log: Log = _stderr) -> SftManifest:
+    """stats.json and manifest.json of a build whose stages are done (``config.output``: its folder)."""
+    return _finalize(config, Path(config.output), _load_chat_tokenizer(config.tokenizer), log)
+
+
+def sft_slurm_jobs(config: SftConfig, out: Path, plan: list[BuildStage]) -> list:
+    """The stages' Slurm jobs and the finalize job that writes stats and manifest, each depending on the one
+    before, with the corpus builder's sbatch settings."""
+    from motif_data.sft.steps import SftFinalizeStep
+
+    jobs = make_executors(config, out, plan)
+    finalize = slurm_job([SftFinalizeStep(config)], config, 1, "motif-sft-finalize",
+                          str(out / WORK_DIR / "finalize"), jobs[-1])  # fmt: skip
+    return jobs + [finalize]
+
+
 def build_sft(
     config: SftConfig, out: str | Path | None = None, force: bool = False, log: Log = _stderr
-) -> SftManifest:
-    """Run (or resume) an SFT build; returns its manifest."""
+) -> SftManifest | None:
+    """Run (or resume) an SFT build; returns its manifest, or ``None`` for Slurm, whose jobs are only
+    submitted."""
     if config.executor.kind == "local" and config.executor.workers > 1:
         refuse_unguarded_main()
     out = Path(out or config.output).absolute()
@@ -230,5 +248,10 @@ def build_sft(
     enc = _load_chat_tokenizer(config.tokenizer)
     _prepare(config, out, force)
     plan = sft_stages(config, out)
+    if config.executor.kind == "slurm":
+        jobs = sft_slurm_jobs(config, out, plan)
+        jobs[-1].run()  # submits it and, through its dependencies, every job before it
+        log(f"submitted {len(jobs)} slurm jobs; the manifest appears in {out} when they finish")
+        return None
     run_stages(config, out, plan, log)
     return _finalize(config, out, enc, log)

@@ -29,6 +29,8 @@ def _build(args: argparse.Namespace) -> int:
     from motif_data.sft import SftConfig, build_sft
 
     manifest = build_sft(SftConfig.load(args.config), out=args.out, force=args.force)
+    if manifest is None:  # Slurm: submitted; build_sft said where the manifest will appear
+        return 0
     print(
         f"wrote {manifest.root / 'manifest.json'}: {manifest.samples:,} samples, {manifest.tokens:,} tokens"
     )

@@ -156,8 +156,6 @@ class SftConfig(Config):
                         else "no 'preference' source"
                     ),
                 )
-        if self.executor.kind == "slurm":
-            yield "executor.kind", "an SFT build runs on 'local' or 'ray' executors (Slurm: not yet)"
 
     @classmethod
     def prepare(cls, values: dict, base: Path):

@@ -236,3 +236,24 @@ class MaskedShardWriteStep(PipelineStep):
         results = f"{self.results_dir}/{rank:05d}.json"
         with naming_output(results, self.name):
             atomic_write_text(results, json.dumps(shards, indent=1))
+
+
+class SftFinalizeStep(PipelineStep):
+    """stats.json and manifest.json of an SFT build as a one-task job, for executors (Slurm) that run the
+    stages away from the caller."""
+
+    type = "🧾 - MANIFEST"
+    name = "motif sft manifest"
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        from datatrove.utils.logging import logger
+
+        from motif_data.sft.build import finalize_sft
+
+        # On Slurm this runs as a job of its own: the summary belongs in that task's log.
+        finalize_sft(self.config, logger.info)
+        return iter(())

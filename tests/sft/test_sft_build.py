@@ -244,3 +244,39 @@ def test_the_ray_executor_builds_the_same_shards_as_local(
     assert [s.mask_sha256 for s in ray_built.shards] == [s.mask_sha256 for s in manifest.shards]
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
     assert stats == json.loads((manifest.root / "stats.json").read_text())
+
+
+def test_a_slurm_build_chains_the_stages_jobs_and_a_finalize_job(sources, chat_tokenizer_dir, tmp_path):
+    from datatrove.executor.slurm import SlurmPipelineExecutor
+
+    from motif_data.sft import SftConfig
+    from motif_data.sft.build import sft_slurm_jobs, sft_stages
+    from motif_data.sft.steps import SftFinalizeStep
+
+    slurm = '\n[executor]\nkind = "slurm"\ntasks = 64\npartition = "cpu"\nqos = "high"\ntime = "02:00:00"\n'
+    text = sft_config_text(sources, chat_tokenizer_dir).replace("\n[executor]\ntasks = 2\n", slurm)
+    (tmp_path / "sft.toml").write_text(text)
+    config = SftConfig.load(tmp_path / "sft.toml").with_output(tmp_path / "out")
+    plan = sft_stages(config, tmp_path / "out")
+    jobs = sft_slurm_jobs(config, tmp_path / "out", plan)  # made, not submitted
+    assert all(isinstance(j, SlurmPipelineExecutor) for j in jobs)
+    assert [j.depends for j in jobs[1:]] == jobs[:-1] and jobs[0].depends is None
+    assert [j.tasks for j in jobs[:-1]] == [st.tasks for st in plan] and jobs[0].tasks == 64
+    assert all(j.partition == "cpu" and j.qos == "high" for j in jobs)
+    finalize = jobs[-1]
+    assert finalize.tasks == 1 and finalize.job_name == "motif-sft-finalize"
+    assert [type(step) for step in finalize.pipeline] == [SftFinalizeStep]
+
+
+def test_the_finalize_job_writes_what_a_local_build_writes(sft_build, tmp_path):
+    from motif_data.sft import build_sft
+    from motif_data.sft.steps import SftFinalizeStep
+
+    manifest, out, config = sft_build
+    build_sft(config, out=tmp_path / "again", log=lambda _: None)
+    for name in ("manifest.json", "stats.json"):  # as if the stages' jobs were done, the finalize job not yet
+        (tmp_path / "again" / name).unlink()
+    SftFinalizeStep(config.with_output(tmp_path / "again")).run()
+    again = SftManifest.load(tmp_path / "again" / "manifest.json")
+    assert [s.sha256 for s in again.shards] == [s.sha256 for s in manifest.shards]
+    assert (tmp_path / "again" / "stats.json").read_text() == (out / "stats.json").read_text()

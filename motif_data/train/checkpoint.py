@@ -5,6 +5,10 @@ directory.
 Every file names its run (`run_identity`: the model, the settings that shape the token stream and the
 optimizer, the corpus manifest's sha256), so a run never resumes from, nor prunes, another run's files.
 Files are written atomically (a killed save leaves the previous checkpoint whole).
+
+An FSDP run's model and optimizer are shards: every rank writes its own into the directory ``step-N/`` beside
+``step-N.pt`` through ``torch.distributed.checkpoint``, which loads them at any world size; ``step-N.pt``,
+the rest of the state, is written after them, so that it marks a complete checkpoint as it does alone.
 """
 
 from __future__ import annotations
@@ -14,11 +18,14 @@ import json
 import os
 import random
 import re
+import shutil
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 
 from motif_data.atomic import atomic_open
 from motif_data.shards import file_sha256
@@ -123,6 +130,12 @@ def initial_weights(source: str | os.PathLike, model: dict) -> tuple[Path, dict]
             f"train.init_from: no checkpoint at {path}: name a step-N.pt file or a run directory"
         )
     state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    if isinstance(state, dict) and "sharded" in state:
+        raise ValueError(
+            f'train.init_from: {path} is a parallel = "fsdp" checkpoint (its weights are shards in '
+            f"{_shards_of(path).name}/), which init_from does not read yet: name a step-N.pt of a parallel = "
+            '"ddp" run'
+        )
     theirs = (state.get("run_spec") or {}).get("model") if isinstance(state, dict) else None
     if theirs is None or "model" not in state:
         raise ValueError(
@@ -139,6 +152,11 @@ def initial_weights(source: str | os.PathLike, model: dict) -> tuple[Path, dict]
             "[model] to the checkpoint's values, or start from a checkpoint of this model"
         )
     return path, state
+
+
+def _shards_of(path: Path) -> Path:
+    """The directory of the shards that the ``step-N.pt`` of an FSDP run completes."""
+    return path.with_suffix("")
 
 
 def finished_summary(out: Path, steps: int) -> dict | None:
@@ -159,6 +177,7 @@ class Checkpointer:
     ``every``: save when the step is a multiple of it (None: only the last step); ``keep``: this run's
     newest N files stay (None: all), never counting out the one just written; ``write``: whether this
     process writes (rank 0) — every rank still takes each part's state, since some take it collectively.
+    Parts registered with `register_sharded` are saved and loaded by every rank together (DCP).
     """
 
     def __init__(
@@ -167,10 +186,15 @@ class Checkpointer:
         self.directory, self.spec, self.run = directory, spec, run_identity(spec)
         self.every, self.keep, self.write = every, keep, write
         self.parts: dict[str, Stateful] = {}
+        self.sharded: dict[str, Stateful] = {}
 
     def register(self, **parts: Stateful | None) -> None:
         """Add parts by name; a None part (an optional feature that is off) is left out."""
         self.parts.update({name: part for name, part in parts.items() if part is not None})
+
+    def register_sharded(self, **parts: Stateful) -> None:
+        """Add parts whose states are each rank's shards (DTensors): they go to ``step-N/``."""
+        self.sharded.update(parts)
 
     def due(self, step: int, last: bool) -> bool:
         return last or bool(self.every and step % self.every == 0)
@@ -178,6 +202,9 @@ class Checkpointer:
     def save(self, step: int) -> Path:
         path = self.directory / f"step-{step:07d}.pt"
         state = {"run": self.run, "run_spec": self.spec, "step": step}
+        if self.sharded:
+            self._save_shards(_shards_of(path))
+            state["sharded"] = sorted(self.sharded)
         state |= {name: p.state_dict() for name, p in self.parts.items()}
         if self.write:
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -186,12 +213,21 @@ class Checkpointer:
             self._prune(keep_also=path)
         return path
 
+    def _save_shards(self, directory: Path) -> None:
+        if self.write and directory.exists():  # what a save killed before its step-N.pt left behind
+            shutil.rmtree(directory)
+        dist.barrier()  # no rank writes its shards before the leftovers are gone
+        # dcp.save returns on every rank once the last shard and the metadata are written.
+        dcp.save({name: p.state_dict() for name, p in self.sharded.items()}, checkpoint_id=directory)
+
     def _prune(self, keep_also: Path) -> None:
         if self.keep is None:
             return
         mine = [p for p in _checkpoints(self.directory) if p != keep_also and self._run_of(p) == self.run]
         for old in mine[: max(0, len(mine) - (self.keep - 1))]:
-            old.unlink()
+            old.unlink()  # first: a step-N/ without its step-N.pt is never taken for a checkpoint
+            if _shards_of(old).is_dir():
+                shutil.rmtree(_shards_of(old))
 
     @staticmethod
     def _run_of(path: Path) -> str | None:
@@ -214,7 +250,14 @@ class Checkpointer:
         missing = [name for name in self.parts if name not in state]
         if missing:
             raise ValueError(f"{path} lacks {missing}: it was not written by this version's loop")
-        for name, part in self.parts.items():
+        parts = list(self.parts.items())
+        if self.sharded:
+            # Each part's own state is the template that DCP fills with the slices of this rank's shards.
+            shards = {name: p.state_dict() for name, p in self.sharded.items()}
+            dcp.load(shards, checkpoint_id=_shards_of(path))
+            state |= shards
+            parts += self.sharded.items()
+        for name, part in parts:
             try:
                 part.load_state_dict(state[name])
             except (ValueError, RuntimeError) as e:  # RuntimeError: torch's own (missing keys, shapes)

@@ -238,6 +238,12 @@ class TrainConfig(Config):
     # linear cross-entropy: auto (the fastest on the device) or a backend of motif_data.kernels.linear_ce
     loss_backend: str = setting("auto", choices=("auto", *BACKENDS))
     compile: bool = False
+    # several ranks under torchrun: "ddp" replicates the model; "fsdp" shards each decoder block and the rest
+    # (FSDP2, motif_data/train/parallel.py) and checkpoints through torch.distributed.checkpoint
+    parallel: str = setting("ddp", choices=("ddp", "fsdp"))
+    # FSDP only: the shards of parameters, gradients and optimizer states live in host memory and AdamW steps
+    # there (FSDP2's CPUOffloadPolicy); each unit's parameters are copied to the GPU when gathered
+    fsdp_cpu_offload: bool = False
     # Recompute in the backward instead of keeping: "block", each decoder layer from its input; "selective",
     # each layer's MLP half (Motif._layer). `motif-data train-estimate` gives the memory of each.
     activation_checkpointing: str = setting("none", choices=("none", "block", "selective"))
@@ -270,6 +276,39 @@ class TrainConfig(Config):
         if self.corpus is None or self.corpus.endswith(".toml"):  # a pre-training corpus, known from its name
             yield from self._corpus_problems(sft=False)
         yield from self._phase_problems()
+        if self.parallel == "fsdp":
+            yield from self._fsdp_problems()
+        elif self.fsdp_cpu_offload:
+            yield "fsdp_cpu_offload", 'applies to parallel = "fsdp" only: set that, or drop fsdp_cpu_offload'
+
+    def _fsdp_problems(self):
+        """What parallel = "fsdp" does not do yet: each needs whole matrices or whole layers where a rank
+        holds a shard of each parameter's rows."""
+        fix = 'or set parallel = "ddp"'
+        if self.optimizer == "muon":
+            yield (
+                "optimizer",
+                'Muon under parallel = "fsdp" is not supported yet (Newton–Schulz orthogonalises the whole '
+                f'matrix; a rank holds a shard of its rows): use optimizer = "adamw", {fix}',
+            )
+        if self.qk_clip_tau:
+            yield (
+                "muon_clip_tau",
+                'QK-clip under parallel = "fsdp" is not supported yet (it rescales whole query maps\' rows '
+                f"of q/k; a rank holds a shard of them): set muon_clip_tau = 0, {fix}",
+            )
+        if self.sma_every:
+            yield (
+                "sma_every",
+                'checkpoint averaging under parallel = "fsdp" is not supported yet (the averager keeps whole '
+                f"tensors; a rank holds shards): set sma_every = 0, {fix}",
+            )
+        if self.activation_checkpointing == "selective":
+            yield (
+                "activation_checkpointing",
+                '"selective" under parallel = "fsdp" is not supported yet (it calls a layer\'s halves, not the '
+                f'layer, so FSDP never gathers its parameters): use "block" or "none", {fix}',
+            )
 
     def check_corpus(self, sft: bool) -> None:
         """Raise a ConfigError for the settings that do not apply to the corpus, once its manifest says whether

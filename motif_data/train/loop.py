@@ -2,14 +2,13 @@
 and the metrics logger.
 
 AdamW, or Muon + AdamW with QK-clip (``optim.py``), on a WSD learning rate; gradient accumulation and
-clipping, bf16 autocast on GPU, DDP under ``torchrun``, per-domain loss from the per-token losses,
-``metrics.jsonl`` per step, atomic checkpoints that resume exactly. An SFT build as corpus fine-tunes: the loss
+clipping, bf16 autocast on GPU, DDP or FSDP2 under ``torchrun`` (``parallel.py``), per-domain loss from the
+per-token losses, ``metrics.jsonl`` per step, atomic checkpoints that resume exactly. An SFT build as corpus fine-tunes: the loss
 is the mean over the step's labelled tokens, and ``init_from`` starts from another run's weights.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import gc
@@ -19,7 +18,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
 
 from motif_data import DOMAINS
 from motif_data.atomic import atomic_open, atomic_write_text
@@ -38,6 +36,14 @@ from motif_data.train.config import TrainConfig
 from motif_data.train.logger import MetricsLogger, keep_metrics_until
 from motif_data.train.model import Motif, count_parameters, flops_per_token
 from motif_data.train.optim import Optimizers, QKClip, build_optimizer
+from motif_data.train.parallel import (
+    ShardedTraining,
+    clip_grad_norm,
+    distribute,
+    gradient_sync,
+    join_alone,
+    load_whole_weights,
+)
 from motif_data.trainer_hook.dataset import position_ids
 from motif_data.trainer_hook.metrics import DomainCounters
 from motif_data.trainer_hook.phases import Phase
@@ -54,11 +60,12 @@ _RUN_FIELDS = (
 )  # fmt: skip
 
 
-def _run_settings(cfg: TrainConfig, sft: bool) -> dict:
+def _run_settings(cfg: TrainConfig, sft: bool, world_size: int) -> dict:
     """The `_RUN_FIELDS` and the optimizer's settings in effect (Muon's only where Muon steps), so that an
     AdamW run's checkpoint is not resumed as a Muon run nor one with another QK-clip threshold; on an SFT
     corpus (``sft``) its packing too. Not ``init_from``: a resume takes the run's own checkpoint, whatever
-    the run started from."""
+    the run started from. Under FSDP the sequences a step takes over all ``world_size`` ranks stand for the
+    micro-batch and accumulation per rank, so that a run resumes at another world size with its global batch."""
     settings = {name: getattr(cfg, name) for name in _RUN_FIELDS}
     if cfg.phases:
         settings["phase"] = [dataclasses.asdict(p) for p in cfg.phases]
@@ -70,6 +77,12 @@ def _run_settings(cfg: TrainConfig, sft: bool) -> dict:
     if sft:
         settings["sft_packing"] = cfg.sft_packing or "pack"
         settings["sft_weights"] = cfg.sft_weights
+    if cfg.parallel == "fsdp":
+        per_step = cfg.grad_accum * world_size
+        del settings["micro_batch"], settings["grad_accum"]
+        settings |= {"parallel": "fsdp", "sequences_per_step": cfg.micro_batch * per_step}
+        for phase in settings.get("phase", ()):
+            phase["sequences_per_step"] = phase.pop("micro_batch") * per_step
     return settings
 
 
@@ -112,9 +125,14 @@ def _sft_loss_sums(loss_sum: torch.Tensor, labelled: torch.Tensor) -> tuple[torc
     return sums, counts
 
 
+def _launched_world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def _setup_device(cfg: TrainConfig) -> tuple[int, int, torch.device]:
-    """(rank, world_size, device); under torchrun one process per GPU joins the process group."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    """(rank, world_size, device); under torchrun one process per GPU joins the process group, and an FSDP
+    run on one process joins one of its own."""
+    world_size = _launched_world_size()
     rank = int(os.environ.get("RANK", "0"))
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("train.device is 'cuda' but no GPU is visible: set device = 'auto' or 'cpu'")
@@ -125,6 +143,8 @@ def _setup_device(cfg: TrainConfig) -> tuple[int, int, torch.device]:
         device = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    elif cfg.parallel == "fsdp" and not dist.is_initialized():
+        join_alone(device)
     return rank, world_size, device
 
 
@@ -226,7 +246,7 @@ class _Run:
     rank: int
     world_size: int
     device: torch.device
-    raw_model: Motif
+    raw_model: Motif  # under FSDP, sharded in place
     model: torch.nn.Module  # compiled and/or DDP-wrapped
     optimizer: Optimizers
     qk_clip: QKClip | None
@@ -323,10 +343,11 @@ def _setup(cfg: TrainConfig, manifest: Manifest | SftManifest) -> _Run:
             loss_backend=loss_backend,
             activation_checkpointing=cfg.activation_checkpointing,
         )
-    model: torch.nn.Module = torch.compile(raw_model) if cfg.compile else raw_model
-    if world_size > 1:
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = build_optimizer(raw_model, cfg, fused=device.type == "cuda")
+    use_bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and device.type == "cuda")
+    model = distribute(raw_model, cfg.parallel, world_size, device, bf16=use_bf16, compile=cfg.compile,
+                       cpu_offload=cfg.fsdp_cpu_offload)  # fmt: skip
+    # Offloaded, the parameters AdamW steps are in host memory: no fused CUDA kernel for them.
+    optimizer = build_optimizer(raw_model, cfg, fused=device.type == "cuda" and not cfg.fsdp_cpu_offload)
     qk_clip = QKClip(raw_model, cfg.qk_clip_tau, world_size) if cfg.qk_clip_tau else None
     spans = _spans(cfg, world_size)
     tokens_per_step = spans[0].tokens_per_step
@@ -338,8 +359,7 @@ def _setup(cfg: TrainConfig, manifest: Manifest | SftManifest) -> _Run:
     return _Run(
         cfg, model_cfg, rank, world_size, device, raw_model, model, optimizer, qk_clip, loader,
         _GlobalCounters(_SftCounters() if sft else DomainCounters(), world_size, rank == 0), averager,
-        use_bf16=cfg.dtype == "bf16" or (cfg.dtype == "auto" and device.type == "cuda"),
-        loss_backend=loss_backend, tokens_per_step=tokens_per_step, spans=spans, sft=sft,
+        use_bf16=use_bf16, loss_backend=loss_backend, tokens_per_step=tokens_per_step, spans=spans, sft=sft,
     )  # fmt: skip
 
 
@@ -410,9 +430,8 @@ def train_step(run: _Run, batches, step: int) -> dict[str, torch.Tensor | float]
         micro_batches, scale = _mixture_micro_batches(run, batches), None
     sequence_losses, sequence_domains = [], []
     for micro, (inputs, targets, positions, domains) in enumerate(micro_batches):
-        # DDP all-reduces gradients only on the last micro-batch of the step.
-        skip_sync = run.world_size > 1 and micro < cfg.grad_accum - 1
-        with model.no_sync() if skip_sync else contextlib.nullcontext():
+        # Gradients are reduced over the ranks only on the last micro-batch of the step.
+        with gradient_sync(model, run.raw_model, sync=micro == cfg.grad_accum - 1):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.use_bf16):
                 token_losses = model(inputs, targets, positions)  # (B, S) fp32, 0 where a target is −100
             # sum × 1/n, not mean(): the gradient reaching the loss head is then one value expanded over the
@@ -421,7 +440,7 @@ def train_step(run: _Run, batches, step: int) -> dict[str, torch.Tensor | float]
             (token_losses.sum() * n).backward()
         sequence_losses.append(token_losses.detach().sum(dim=1))
         sequence_domains.append(domains)
-    grad_norm = torch.nn.utils.clip_grad_norm_(run.raw_model.parameters(), cfg.grad_clip)
+    grad_norm = clip_grad_norm(run.raw_model, cfg.grad_clip)
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     clip = {}
@@ -448,18 +467,35 @@ def train_step(run: _Run, batches, step: int) -> dict[str, torch.Tensor | float]
 def train(
     cfg: TrainConfig, out: str | os.PathLike, manifest_path: str | os.PathLike, *, resume: bool = False
 ) -> dict:
-    """Train for ``cfg.steps`` optimizer steps; writes ``metrics.jsonl``, ``checkpoints/step-N.pt``,
-    ``summary.json`` (and ``model-sma.pt`` with averaging) under ``out`` and returns the summary."""
-    out = Path(out)
+    """Train for ``cfg.steps`` optimizer steps; writes ``metrics.jsonl``, ``checkpoints/step-N.pt`` (under
+    FSDP with the model and optimizer shards in ``checkpoints/step-N/``), ``summary.json`` (and
+    ``model-sma.pt`` with averaging) under ``out`` and returns the summary."""
+    joined_here = not dist.is_initialized()
+    try:
+        return _train(cfg, Path(out), manifest_path, resume, joined_here)
+    except BaseException:
+        # An FSDP run on one process formed a group of its own (`join_alone`): a failed one (a refused resume,
+        # say) leaves it, so that the caller may train again. Under torchrun a failure ends the process.
+        if joined_here and dist.is_initialized() and _launched_world_size() == 1:
+            dist.destroy_process_group()
+        raise
+
+
+def _train(
+    cfg: TrainConfig, out: Path, manifest_path: str | os.PathLike, resume: bool, joined_here: bool
+) -> dict:
     if not resume:
         refuse_existing_run(out)
     elif (finished := finished_summary(out, cfg.steps)) is not None:
         return finished
-    joined_here = not dist.is_initialized()
     corpus = _load_corpus(manifest_path)
     sft = isinstance(corpus, SftManifest)
     cfg.check_corpus(sft)
-    spec = run_spec(dataclasses.asdict(_model_config(cfg, corpus)), _run_settings(cfg, sft), manifest_path)
+    spec = run_spec(
+        dataclasses.asdict(_model_config(cfg, corpus)),
+        _run_settings(cfg, sft, _launched_world_size()),
+        manifest_path,
+    )
     # On --resume the run's own checkpoint wins over init_from: it holds this run's weights, optimizer and data
     # position; init_from only gives step 0 its weights. Checked before setup, which may take long.
     initial = initial_weights(cfg.init_from, spec["model"]) if cfg.init_from and not resume else None
@@ -467,8 +503,11 @@ def train(
 
     checkpointer = Checkpointer(out / "checkpoints", spec, every=cfg.ckpt_every or None,
                                 keep=cfg.keep_checkpoints, write=run.is_main)  # fmt: skip
-    checkpointer.register(model=run.raw_model, optimizer=run.optimizer, loader=run.loader,
-                          counters=run.counters, averager=run.averager, rng=RNGState())  # fmt: skip
+    if cfg.parallel == "fsdp":  # every rank saves and loads its shards; rank 0 the rest, as under DDP
+        checkpointer.register_sharded(training=ShardedTraining(run.raw_model, run.optimizer))
+    else:
+        checkpointer.register(model=run.raw_model, optimizer=run.optimizer)
+    checkpointer.register(loader=run.loader, counters=run.counters, averager=run.averager, rng=RNGState())
     start = 0
     if resume:
         try:
@@ -483,7 +522,7 @@ def train(
             keep_metrics_until(out / "metrics.jsonl", start)
     elif initial is not None:
         path, state = initial
-        run.raw_model.load_state_dict(state["model"])  # every rank reads the same file: DDP replicas agree
+        load_whole_weights(run.raw_model, state["model"])  # every rank reads the same file: the ranks agree
         if run.is_main:
             print(f"train: model weights of {path} (step {state['step']}), a fresh optimizer", flush=True)
         del initial, state  # the file's mapping, optimizer states included
@@ -541,7 +580,7 @@ def _finish(run: _Run, out: Path, logger: MetricsLogger, flops_token: float, joi
     }
     if run.is_main:
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-    if run.world_size > 1 and joined_here:
+    if joined_here and dist.is_initialized():
         # DDP goes first: its Reducer holds the process group, and a gloo group freed last through it is
         # destroyed with the GIL held while its worker thread may need the GIL to release a tensor, a hang
         # at exit seen in 2 of 5 two-rank CPU runs. Freed by destroy_process_group, it releases the GIL.

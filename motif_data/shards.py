@@ -329,6 +329,11 @@ class SftManifest:
     def tokens(self) -> int:
         return sum(s.tokens for s in self.shards)
 
+    @property
+    def sources(self) -> list[str]:
+        """The build's source names, in the order of their first shard."""
+        return list(dict.fromkeys(s.source for s in self.shards))
+
     def to_dict(self) -> dict:
         return {
             "format": SFT_MANIFEST_FORMAT,

@@ -78,7 +78,7 @@ class SftDataset(IterableDataset):
             problems.append(
                 f"the build at {self.manifest.root} holds {self.manifest.kind} pairs: read it with PreferenceDataset"
             )
-        sources = list(dict.fromkeys(s.source for s in self.manifest.shards))
+        sources = self.manifest.sources
         weights = {name: 1.0 for name in sources} | dict(weights or {})
         unknown = sorted(set(weights) - set(sources))
         if unknown:

@@ -309,7 +309,7 @@ def _sft_weights(cfg: TrainConfig, manifest: SftManifest) -> dict[str, float] | 
     dataset's)."""
     if cfg.sft_weights is None:
         return None
-    sources = list(dict.fromkeys(s.source for s in manifest.shards))
+    sources = manifest.sources
     unknown = sorted(set(cfg.sft_weights) - set(sources))
     if unknown:
         raise ConfigError(cfg.title, [("sft_weights", f"names sources the build does not hold: {unknown}; "

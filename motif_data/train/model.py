@@ -286,15 +286,12 @@ class Motif(nn.Module):
         x = self.embed_tokens(input_ids)
         seq_len = input_ids.shape[1]
         # The bounds once per step, shared by every layer (and by the kernels' block skipping).
-        documents = (
-            document_bounds(position_ids) if position_ids is not None and self.needs_positions else None
-        )
+        bounds = document_bounds(position_ids) if position_ids is not None and self.needs_positions else None
         positions = None
-        if documents is not None and self.cfg.rope_positions == "document":
-            positions = torch.arange(seq_len, device=input_ids.device) - documents[0]
+        if bounds is not None and self.cfg.rope_positions == "document":
+            positions = torch.arange(seq_len, device=input_ids.device) - bounds[0]
         cos, sin = self.rotary(seq_len, positions)
-        if not self.cfg.doc_mask:
-            documents = None
+        documents = bounds if self.cfg.doc_mask else None
         for layer in self.layers:
             x = self._layer(layer, x, cos, sin, documents)
         hidden = self.norm(x)

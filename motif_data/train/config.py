@@ -282,21 +282,9 @@ class TrainConfig(Config):
             yield "fsdp_cpu_offload", 'applies to parallel = "fsdp" only: set that, or drop fsdp_cpu_offload'
 
     def _fsdp_problems(self):
-        """What parallel = "fsdp" does not do yet: each needs whole matrices or whole layers where a rank
+        """What parallel = "fsdp" does not do yet: each needs whole tensors or whole layers where a rank
         holds a shard of each parameter's rows."""
         fix = 'or set parallel = "ddp"'
-        if self.optimizer == "muon":
-            yield (
-                "optimizer",
-                'Muon under parallel = "fsdp" is not supported yet (Newton–Schulz orthogonalises the whole '
-                f'matrix; a rank holds a shard of its rows): use optimizer = "adamw", {fix}',
-            )
-        if self.qk_clip_tau:
-            yield (
-                "muon_clip_tau",
-                'QK-clip under parallel = "fsdp" is not supported yet (it rescales whole query maps\' rows '
-                f"of q/k; a rank holds a shard of them): set muon_clip_tau = 0, {fix}",
-            )
         if self.sma_every:
             yield (
                 "sma_every",

@@ -18,6 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.utils.checkpoint import checkpoint
 
 from motif_data.kernels import (
@@ -147,11 +148,21 @@ class DiffAttention(DifferentialAttention):
         gamma = (tau / max_logits.float()).clamp(max=1.0)
         hd = self.head_dim
         q_scale = torch.where(self._owns_key, gamma.sqrt(), gamma)
-        self.q_proj.weight.view(len(gamma), hd, -1).mul_(q_scale[:, None, None])
+        _scale_rows_(self.q_proj.weight, q_scale.repeat_interleave(hd))
         key_scale = torch.ones(self.k_proj.weight.shape[0] // hd, device=gamma.device)
         key_scale[self._own_keys] = gamma[self._own_maps].sqrt()
-        self.k_proj.weight.view(len(key_scale), hd, -1).mul_(key_scale[:, None, None])
+        _scale_rows_(self.k_proj.weight, key_scale.repeat_interleave(hd))
         return (gamma < 1.0).sum()
+
+
+def _scale_rows_(weight: torch.Tensor, scale: torch.Tensor) -> None:
+    """``weight``'s row i times ``scale[i]``, in place. Under FSDP2 the weight is a DTensor of row shards: each
+    rank scales its own rows, taking its slice of ``scale`` as DTensor slices the weight (no communication)."""
+    if isinstance(weight, DTensor):
+        mine = distribute_tensor(scale[:, None], weight.device_mesh, weight.placements, src_data_rank=None)
+        weight.to_local().mul_(mine.to_local())
+    else:
+        weight.mul_(scale[:, None])
 
 
 class StandardAttention(nn.Module):

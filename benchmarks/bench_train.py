@@ -38,6 +38,13 @@ VARIANTS = {
     "kernels + compile, dense CE": {"kernels": "auto", "compile": True, "loss_backend": "dense"},
     # Muon for the projection matrices (AdamW for the rest) and QK-clip at τ = 100: the optimizer's cost.
     "kernels + compile, muon": {"kernels": "auto", "compile": True, "optimizer": "muon"},
+    # The same under FSDP2 on however many ranks run it (one: what sharding costs where it saves nothing).
+    "kernels + compile, muon, fsdp": {
+        "kernels": "auto",
+        "compile": True,
+        "optimizer": "muon",
+        "parallel": "fsdp",
+    },
 }
 DEFAULT_VARIANTS = list(VARIANTS)[:4]
 

@@ -63,7 +63,7 @@ def timed(step, steps: int, device: torch.device) -> float:
         step()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        elapsed = torch.tensor(time.perf_counter() - start)
+        elapsed = torch.tensor(time.perf_counter() - start, device=device)  # NCCL reduces device tensors only
         dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
         times.append(elapsed.item())
     return statistics.median(times) * 1e3

@@ -297,6 +297,14 @@ class TrainConfig(Config):
                 '"selective" under parallel = "fsdp" is not supported yet (it calls a layer\'s halves, not the '
                 f'layer, so FSDP never gathers its parameters): use "block" or "none", {fix}',
             )
+        if self.fsdp_cpu_offload and (self.optimizer == "muon" or self.qk_clip_tau):
+            yield (
+                "fsdp_cpu_offload",
+                "with Muon or QK-clip is not supported yet (ShardedMuon exchanges the shards through the "
+                "process group, NCCL on GPUs, and QK-clip rescales them with the logits on the device; offloaded "
+                'shards live in host memory): set fsdp_cpu_offload = false, or use optimizer = "adamw" with '
+                f"muon_clip_tau = 0, {fix}",
+            )
 
     def check_corpus(self, sft: bool) -> None:
         """Raise a ConfigError for the settings that do not apply to the corpus, once its manifest says whether

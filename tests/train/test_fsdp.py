@@ -189,6 +189,8 @@ def test_a_two_rank_sharded_checkpoint_loads_bitwise_on_one_rank(two_ranks):
     [
         ({"sma_every": 2}, "train.sma_every"),
         ({"activation_checkpointing": "selective"}, "train.activation_checkpointing"),
+        ({"optimizer": "muon", "fsdp_cpu_offload": True}, "train.fsdp_cpu_offload"),
+        ({"muon_clip_tau": 50.0, "fsdp_cpu_offload": True}, "train.fsdp_cpu_offload"),
     ],
 )
 def test_what_fsdp_does_not_support_yet_is_refused_naming_the_key_and_the_fix(changes, key):

@@ -47,6 +47,7 @@ __all__ = [
     "SftManifest",
     "MaskedShardWriter",
     "MaskedShardReader",
+    "load_manifest",
 ]
 
 TOKEN_DTYPE = np.dtype("<u4")
@@ -140,13 +141,7 @@ class Manifest:
     @classmethod
     def load(cls, path: str | os.PathLike) -> Manifest:
         path = Path(path)
-        if not path.is_file():
-            raise ShardError(f"no manifest at {path}: pass the manifest.json of a finished build")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ShardError(f"{path} is not valid JSON ({e}): the build that wrote it did not finish") from e
-        return cls.from_dict(data, root=path.parent)
+        return cls.from_dict(_read_manifest(path, "a finished build"), root=path.parent)
 
     def open_shard(self, shard: ShardInfo, *, verify: bool = False) -> ShardReader:
         return ShardReader.open(self.root / shard.path, expected=shard, verify=verify)
@@ -353,25 +348,42 @@ class SftManifest:
         path = Path(path)
         if path.is_dir():
             path = path / "manifest.json"
-        if not path.is_file():
-            raise ShardError(
-                f"no manifest at {path}: pass the manifest.json of a finished `motif-data sft build`"
-            )
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ShardError(f"{path} is not valid JSON ({e}): the build that wrote it did not finish") from e
+        return cls.from_dict(_read_manifest(path, "a finished `motif-data sft build`"), root=path.parent)
+
+    @classmethod
+    def from_dict(cls, data: dict, root: str | os.PathLike = ".") -> SftManifest:
         if data.get("format") != SFT_MANIFEST_FORMAT:
             raise ShardError(
-                f"{path} has format {data.get('format')!r}, expected {SFT_MANIFEST_FORMAT!r}: "
-                "pass the manifest of an SFT build (a pre-training build's is read by Manifest)"
+                f"manifest format is {data.get('format')!r}, expected {SFT_MANIFEST_FORMAT!r}: pass the "
+                "manifest of an SFT build (a pre-training build's is read by Manifest)"
             )
         shards = tuple(MaskedShardInfo(**s) for s in data["shards"])
         tokenizer = TokenizerInfo(**data["tokenizer"])
-        return cls(tokenizer, int(data["pad_id"]), shards, path.parent, data.get("kind", "sft"))
+        return cls(tokenizer, int(data["pad_id"]), shards, Path(root), data.get("kind", "sft"))
 
     def open_shard(self, shard: MaskedShardInfo, *, verify: bool = False) -> MaskedShardReader:
         return MaskedShardReader.open(self.root / shard.path, expected=shard, verify=verify)
+
+
+def _read_manifest(path: Path, what: str) -> dict:
+    if not path.is_file():
+        raise ShardError(f"no manifest at {path}: pass the manifest.json of {what}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ShardError(f"{path} is not valid JSON ({e}): the build that wrote it did not finish") from e
+
+
+def load_manifest(path: str | os.PathLike) -> Manifest | SftManifest:
+    """The manifest of a pre-training or an SFT build (its manifest.json, or the build's directory), told apart
+    by its format: read once, so that what is checked is what is loaded."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "manifest.json"
+    data = _read_manifest(path, "a finished build")
+    if data.get("format") == SFT_MANIFEST_FORMAT:
+        return SftManifest.from_dict(data, root=path.parent)
+    return Manifest.from_dict(data, root=path.parent)
 
 
 class MaskedShardWriter(ShardWriter):

@@ -103,3 +103,23 @@ def test_atomic_outputs_get_normal_file_permissions(tmp_path):
     assert stat.S_IMODE(os.stat(tmp_path / "out").st_mode) == stat.S_IMODE(
         os.stat(tmp_path / "plain").st_mode
     )
+
+
+def test_load_manifest_tells_the_two_builds_apart_and_names_what_is_wrong(tmp_path):
+    from motif_data.shards import SftManifest, load_manifest
+
+    tokenizer = TokenizerInfo("t", "0" * 64, 512, 511)
+    Manifest(tokenizer, {}, tmp_path / "pt").save(tmp_path / "pt" / "manifest.json")
+    SftManifest(tokenizer, 0, (), tmp_path / "sft").save(tmp_path / "sft" / "manifest.json")
+    assert type(load_manifest(tmp_path / "pt" / "manifest.json")) is Manifest
+    sft = load_manifest(tmp_path / "sft")  # a build's directory stands for its manifest.json
+    assert type(sft) is SftManifest and sft.root == tmp_path / "sft"
+    with pytest.raises(
+        ShardError, match=r"no manifest at .*missing.*: pass the manifest\.json of a finished build"
+    ):
+        load_manifest(tmp_path / "missing")
+    (tmp_path / "cut.json").write_text('{"format": "motif-sft-sh')
+    with pytest.raises(ShardError, match=r"cut\.json is not valid JSON .*did not finish"):
+        load_manifest(tmp_path / "cut.json")
+    with pytest.raises(ShardError, match=r"expected 'motif-sft-shards/1': pass the manifest of an SFT build"):
+        SftManifest.load(tmp_path / "pt")

@@ -23,7 +23,7 @@ from motif_data import DOMAINS
 from motif_data.atomic import atomic_open, atomic_write_text
 from motif_data.kernels.linear_ce import default_backend
 from motif_data.sft.dataset import IGNORE_INDEX
-from motif_data.shards import SFT_MANIFEST_FORMAT, Manifest, SftManifest
+from motif_data.shards import Manifest, SftManifest, load_manifest
 from motif_data.train.checkpoint import (
     Checkpointer,
     CheckpointPartError,
@@ -262,12 +262,6 @@ class _Run:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-def _load_corpus(path: str | os.PathLike) -> Manifest | SftManifest:
-    """The manifest of a pre-training or an SFT build, told apart by its format."""
-    is_sft = json.loads(Path(path).read_text(encoding="utf-8")).get("format") == SFT_MANIFEST_FORMAT
-    return SftManifest.load(path) if is_sft else Manifest.load(path)
 
 
 def _model_config(cfg: TrainConfig, manifest: Manifest | SftManifest):

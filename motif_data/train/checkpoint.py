@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from motif_data.atomic import atomic_open
 from motif_data.shards import file_sha256
@@ -113,34 +114,34 @@ def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
 
 
 def initial_weights(source: str | os.PathLike, model: dict) -> tuple[Path, dict]:
-    """(the file, its state) of the checkpoint that ``train.init_from`` names (a ``step-N.pt``, or a run
-    directory: its newest), refused unless the model config its run spec records is ``model`` (this run's
-    `run_spec` ``"model"``), naming every key that differs."""
+    """(the file, its state) of what ``train.init_from`` names: a ``step-N.pt`` (of an FSDP run too: its
+    model is joined from the shards in ``step-N/``), a run directory (its newest), or a run's ``model-sma.pt``.
+    Refused unless the model config the file records is ``model`` (this run's `run_spec` ``"model"``), naming
+    every key that differs. The state's ``"model"`` is whole; ``"step"`` is absent for an averaged model."""
     path = Path(source)
     if path.is_dir():
         newest = latest_checkpoint(path / "checkpoints")
         if newest is None:
             raise FileNotFoundError(
                 f"train.init_from: no checkpoints/step-N.pt under {path}: name a run directory with "
-                "checkpoints, or a step-N.pt file"
+                "checkpoints, a step-N.pt file or a model-sma.pt"
             )
         path = newest
     elif not path.is_file():
         raise FileNotFoundError(
-            f"train.init_from: no checkpoint at {path}: name a step-N.pt file or a run directory"
+            f"train.init_from: no checkpoint at {path}: name a step-N.pt file, a model-sma.pt or a run directory"
         )
     state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    if isinstance(state, dict) and "sharded" in state:
-        raise ValueError(
-            f'train.init_from: {path} is a parallel = "fsdp" checkpoint (its weights are shards in '
-            f"{_shards_of(path).name}/), which init_from does not read yet: name a step-N.pt of a parallel = "
-            '"ddp" run'
-        )
-    theirs = (state.get("run_spec") or {}).get("model") if isinstance(state, dict) else None
-    if theirs is None or "model" not in state:
+    theirs = None
+    if isinstance(state, dict) and ("model" in state or "sharded" in state):
+        if "run_spec" in state:
+            theirs = state["run_spec"].get("model")
+        elif "model_config" in state:  # model-sma.pt: the config as the run spec records it (JSON types)
+            theirs = json.loads(json.dumps(state["model_config"], default=str))
+    if theirs is None:
         raise ValueError(
             f"train.init_from: {path} is not a checkpoint of `motif-data train` (no run spec or model): name a "
-            "checkpoints/step-N.pt file that a run wrote"
+            "checkpoints/step-N.pt file or a model-sma.pt that a run wrote"
         )
     differing = sorted(key for key in model.keys() | theirs.keys() if model.get(key) != theirs.get(key))
     if differing:
@@ -151,7 +152,24 @@ def initial_weights(source: str | os.PathLike, model: dict) -> tuple[Path, dict]
             f"train.init_from: the model of {path} differs from this run's [model] in {listed}: set those keys in "
             "[model] to the checkpoint's values, or start from a checkpoint of this model"
         )
+    if "sharded" in state:
+        state = {**state, "model": _whole_model(_shards_of(path))}
     return path, state
+
+
+def _whole_model(shards: Path) -> dict[str, torch.Tensor]:
+    """The model of an FSDP checkpoint's ``step-N/``, whole: DCP reads every shard of each parameter into a
+    plain tensor of the shape and dtype its metadata records (the optimizer's states are not read)."""
+    prefix = "training.model."  # `ShardedTraining`'s model, registered as the part "training"
+    metadata = dcp.FileSystemReader(shards).read_metadata().state_dict_metadata
+    model = {
+        key.removeprefix(prefix): torch.empty(meta.size, dtype=meta.properties.dtype)
+        for key, meta in metadata.items()
+        if key.startswith(prefix) and isinstance(meta, TensorStorageMetadata)
+    }
+    # Before the run's setup no process group exists under torchrun: each rank reads the whole model alone.
+    dcp.load({"training": {"model": model}}, checkpoint_id=shards, no_dist=not dist.is_initialized())
+    return model
 
 
 def _shards_of(path: Path) -> Path:

@@ -482,7 +482,7 @@ def _train(
         refuse_existing_run(out)
     elif (finished := finished_summary(out, cfg.steps)) is not None:
         return finished
-    corpus = _load_corpus(manifest_path)
+    corpus = load_manifest(manifest_path)
     sft = isinstance(corpus, SftManifest)
     cfg.check_corpus(sft)
     spec = run_spec(
@@ -518,7 +518,8 @@ def _train(
         path, state = initial
         load_whole_weights(run.raw_model, state["model"])  # every rank reads the same file: the ranks agree
         if run.is_main:
-            print(f"train: model weights of {path} (step {state['step']}), a fresh optimizer", flush=True)
+            what = f"step {state['step']}" if "step" in state else "averaged"
+            print(f"train: model weights of {path} ({what}), a fresh optimizer", flush=True)
         del initial, state  # the file's mapping, optimizer states included
     if run.is_main:
         out.mkdir(parents=True, exist_ok=True)

@@ -215,9 +215,7 @@ def test_a_ddp_checkpoint_is_not_resumed_as_an_fsdp_run(tmp_path, synthetic_mani
     assert not dist.is_initialized()  # the refused run left the process group it formed alone
 
 
-def test_init_from_gives_a_sharded_run_the_whole_weights_and_refuses_sharded_ones(
-    tmp_path, synthetic_manifest
-):
+def test_init_from_gives_a_sharded_run_the_whole_weights_and_reads_sharded_ones(tmp_path, synthetic_manifest):
     train(config(1, steps=2), tmp_path / "source", synthetic_manifest)
     start = {"init_from": str(tmp_path / "source"), "steps": 2, "seed": 1}  # another seed: another init
     train(config(1, parallel="fsdp", **start), tmp_path / "sharded", synthetic_manifest)
@@ -226,8 +224,21 @@ def test_init_from_gives_a_sharded_run_the_whole_weights_and_refuses_sharded_one
     assert metrics(tmp_path / "sharded")[0]["loss"] == pytest.approx(
         metrics(tmp_path / "whole")[0]["loss"], rel=1e-6
     )
-    with pytest.raises(ValueError, match=r"train\.init_from: .* is a parallel = \"fsdp\" checkpoint"):
-        train(config(1, init_from=str(tmp_path / "sharded")), tmp_path / "next", synthetic_manifest)
+    # The sharded checkpoint's model, joined by torch's DCP converter, in a whole step-N.pt: a run started
+    # from the shards themselves computes bitwise what a run started from that file computes.
+    shards = latest_checkpoint(tmp_path / "sharded" / "checkpoints")
+    whole = torch.load(latest_checkpoint(tmp_path / "whole" / "checkpoints"), weights_only=False)
+    torch.save(whole | {"model": parameters(shards)}, tmp_path / "joined.pt")
+    again = {"steps": 2, "seed": 2}
+    train(config(1, init_from=str(shards), **again), tmp_path / "from-shards", synthetic_manifest)
+    train(
+        config(1, init_from=str(tmp_path / "joined.pt"), **again),
+        tmp_path / "from-joined",
+        synthetic_manifest,
+    )
+    assert [r["loss"] for r in metrics(tmp_path / "from-shards")] == [
+        r["loss"] for r in metrics(tmp_path / "from-joined")
+    ]
 
 
 def test_offloading_the_shards_to_the_host_changes_nothing_computed(tmp_path, synthetic_manifest):

@@ -146,6 +146,26 @@ def test_training_lowers_the_loss_and_logs_every_step(tmp_path, synthetic_manife
         assert min(r["domain_loss"].values()) - 1e-9 <= r["loss"] <= max(r["domain_loss"].values()) + 1e-9
 
 
+def test_init_from_a_model_sma_starts_from_the_average(tmp_path, synthetic_manifest):
+    source = tmp_path / "averaged"
+    train(config(steps=4, sma_every=2, sma_window=2), source, synthetic_manifest)
+    averaged = torch.load(source / "model-sma.pt", weights_only=False)["model"]
+    last = torch.load(latest_checkpoint(source / "checkpoints"), weights_only=False)
+    assert not torch.equal(averaged["embed_tokens.weight"], last["model"]["embed_tokens.weight"])
+    # The average in a step-N.pt of its own: the file init_from reads as any checkpoint.
+    torch.save(last | {"model": averaged}, tmp_path / "average-as-step.pt")
+    start = {"steps": 2, "seed": 1}
+    train(config(init_from=str(source / "model-sma.pt"), **start), tmp_path / "from-sma", synthetic_manifest)
+    train(
+        config(init_from=str(tmp_path / "average-as-step.pt"), **start),
+        tmp_path / "from-step",
+        synthetic_manifest,
+    )
+    assert [r["loss"] for r in metrics(tmp_path / "from-sma")] == [
+        r["loss"] for r in metrics(tmp_path / "from-step")
+    ]
+
+
 def test_domain_loss_sums_match_a_loop_over_sequences():
     g = torch.Generator().manual_seed(0)
     seq_losses = torch.rand(13, generator=g, dtype=torch.float64) * 40

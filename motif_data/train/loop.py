@@ -115,16 +115,6 @@ def domain_loss_sums(
     return sums, counts
 
 
-def _sft_loss_sums(loss_sum: torch.Tensor, labelled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The logger's per-domain sums and counts, (len(DOMAINS) + 1,) float64, of an SFT step: DOMAINS' slots
-    empty (the samples are of none of them: metrics.jsonl's domain_loss lists none), the last one the step's
-    summed loss and labelled targets, so that its "loss" is their mean."""
-    sums = torch.zeros(len(DOMAINS) + 1, dtype=torch.float64, device=loss_sum.device)
-    counts = torch.zeros_like(sums)
-    sums[-1], counts[-1] = loss_sum, labelled
-    return sums, counts
-
-
 def _launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
@@ -183,13 +173,16 @@ class _SftCounters(DomainCounters):
     """The counters of an SFT stream: one bucket, ``"sft"``, as its samples belong to none of DOMAINS. Tokens
     are the rows' (what the model read, as for pre-training); the labelled-token loss is metrics.jsonl's."""
 
+    BUCKETS = ("sft",)
+
     def __init__(self) -> None:
         self.sequences, self.tokens, self.loss_sum = (torch.zeros(1, dtype=torch.float64) for _ in range(3))
 
     def summary(self) -> dict[str, dict[str, float]]:
         if not self.sequences[0]:
             return {}
-        return {"sft": {"sequences": float(self.sequences[0]), "tokens": float(self.tokens[0])}}
+        (bucket,) = self.BUCKETS
+        return {bucket: {"sequences": float(self.sequences[0]), "tokens": float(self.tokens[0])}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -397,7 +390,7 @@ def train_step(run: _Run, batches, step: int) -> dict[str, torch.Tensor | float]
     reads back: the step's lr (AdamW's) and RoPE base, per-domain loss sums and counts (over all ranks), the
     gradient norm, each sequence's domain and summed loss, and with QK-clip the largest logit and the number of
     maps clipped. On an SFT stream the loss is the mean over the step's labelled targets, and the sums and
-    counts hold it in one slot after DOMAINS' (`_sft_loss_sums`)."""
+    counts are of one bucket, "sft"."""
     from motif_data.trainer_hook import wsd_lr
 
     cfg, model, device = run.cfg, run.model, run.device
@@ -446,7 +439,8 @@ def train_step(run: _Run, batches, step: int) -> dict[str, torch.Tensor | float]
     seq_losses = torch.cat(sequence_losses).double()
     seq_domains = torch.cat(sequence_domains)  # from the loader, on the host
     if run.sft:
-        sums, counts = _sft_loss_sums(seq_losses.sum(), labelled)
+        # One bucket, "sft": the step's summed loss over its labelled targets, so that its mean is the loss.
+        sums, counts = seq_losses.sum().reshape(1), labelled.double().reshape(1)
     else:
         # non_blocking: a blocking host-to-device copy synchronises the stream, so the host would wait for the
         # whole step before queuing the next one and leave the GPU idle meanwhile.
@@ -533,7 +527,7 @@ def _train(
         out / "metrics.jsonl" if run.is_main else None, run.device, run.counters.counters,
         seq_len=cfg.seq_len, tokens_per_step=run.tokens_per_step, flops_per_token=flops_token,
         peak_flops=peak_flops(run.device, cfg.peak_tflops), world_size=run.world_size,
-        log_every=cfg.log_every, last_step=cfg.steps,
+        log_every=cfg.log_every, last_step=cfg.steps, buckets=_SftCounters.BUCKETS if run.sft else DOMAINS,
     )  # fmt: skip
 
     batches = iter(run.loader)

@@ -33,18 +33,33 @@ from motif_data.kernels.targets import TARGETS, Target
 __all__ = ["Result", "Report", "check", "launches", "kernel_name"]
 
 # The shapes that matter: Motif-2.6B's and Motif-2-12.7B's attention (head dim 128, value dim 256, 16 heads),
-# every config of every list; and head dim 64 / value 128 for the paired kernels with the first config of
-# each list only (`FIRST_CONFIG_ONLY`): a smaller head needs fewer registers and less LDS with the same tiles,
-# so what fits at 128 fits at 64, and this asks only that the 64 specialization compiles. The grouped kernels
-# share the paired ones' code and tile lists: they are compiled at head dim 128. Attention is two thirds of
-# the compile time, and the check must end within CI's 20 minutes on 2 cores. PolyNorm from one column to past the whole-row limit (16,384), odd widths included; the
-# loss at the 219,520-id vocabulary with 2.6B's and small's hidden sizes.
+# every config of every list; and head dim 64 / value 128 for the paired kernels with the first config of each
+# list only (`FIRST_CONFIG_ONLY`): a smaller head needs fewer registers and less LDS with the same tiles, so
+# what fits at 128 fits at 64, and this asks only that the 64 specialization compiles. The grouped kernels
+# share the paired ones' code and tile lists: they are compiled at head dim 128; where a document-masked
+# launch needs at least a causal one's resources it answers for it (`_MASKED_COVERS_CAUSAL`). Attention is two
+# thirds of the compile time, and the check must end within CI's 20 minutes on 2 cores. PolyNorm from one
+# column to past the whole-row limit (16,384), odd widths included; the loss at the 219,520-id vocabulary with
+# 2.6B's and small's hidden sizes.
 ATTENTION_SHAPES = ((128, 256), (64, 128))
 FIRST_CONFIG_ONLY = ", first config"  # the end of a launch label whose op is compiled with one config a list
 # One forward kernel serves both attentions; at each config the paired launch's registers and LDS are the
 # grouped launch's within a few VGPRs (gfx90a, 2026-12-03: LDS equal, VGPRs at most 8 apart either way), so
 # the grouped op's launches take its whole lists and the paired op's its first configs.
 _SHARED_FORWARD = ("diff_attention", "_diff_attn_fwd_kernel")
+# Kernels whose document-masked specialization (DOC: the same code plus the document table's loads and
+# masks) needs, at every config, at least the registers and LDS of the causal one: read from the full check
+# of gfx90a, gfx942 and gfx950 (2026-12-03), the masked one used 0 to 89 VGPRs more, never less, and as much
+# LDS or more; nothing spilled. So the causal launch compiles its first config, and any config the masked list
+# lacks, while the masked launch compiles its whole list. (_map_bwd_kv_kernel is not here: its masked build
+# used up to 8 VGPRs fewer at some configs.)
+_MASKED_COVERS_CAUSAL = {
+    ("grouped_diff_attention", "_diff_attn_fwd_kernel"),
+    ("grouped_diff_attention", "_map_bwd_q_kernel"),
+    ("diff_attention", "_diff_attn_bwd_kv_kernel"),
+    ("diff_attention", "_diff_attn_bwd_q_kernel"),
+}
+_MASKED = " documents"  # the end of a document-masked launch's label
 ATTENTION_SEQ = 4096
 POLYNORM_WIDTHS = (1, 7, 2047, 2048, 3072, 8192, 16384, 16385, 65536)
 POLYNORM_ROWS = 4096
@@ -364,7 +379,9 @@ def _jobs(target: Target, candidates: bool) -> list[_Job]:
     # attention at one head shape, PolyNorm widths alike modulo 16) are one binary: compiled once, reported
     # for each of them, which takes a third of the compiles off every target.
     jobs: dict[tuple, _Job] = {}
-    for launch in launches(target):
+    found = launches(target)
+    masked = {(x.op, x.shape, kernel_name(x.kernel)): x.kernel for x in found if x.shape.endswith(_MASKED)}
+    for launch in found:
         constexprs = _constexprs(launch.kernel)  # specialized by value (D, CAUSAL, BLOCK_M, …)
         offered = getattr(launch.kernel, "configs", None)
         if offered is None:
@@ -375,10 +392,7 @@ def _jobs(target: Target, candidates: bool) -> list[_Job]:
                 if candidates
                 else []
             )
-            first_only = launch.shape.endswith(FIRST_CONFIG_ONLY) or (
-                (launch.op, kernel_name(launch.kernel)) == _SHARED_FORWARD
-            )
-            configs = list(offered)[:1] if first_only else list(offered)
+            configs = _configs_to_compile(launch, list(offered), masked)
         for config, candidate_only in [(c, False) for c in configs] + [(c, True) for c in extra]:
             key = (
                 kernel_name(launch.kernel), str(config) if config is not None else None, candidate_only,
@@ -389,6 +403,19 @@ def _jobs(target: Target, candidates: bool) -> list[_Job]:
             if (launch.op, launch.shape) not in job.uses:
                 job.uses.append((launch.op, launch.shape))
     return list(jobs.values())
+
+
+def _configs_to_compile(launch: Launch, offered: list, masked: dict) -> list:
+    """The configs of ``offered`` that this launch compiles: all of them, unless another launch answers for
+    the rest (the rules and their measurements are at the top of this file)."""
+    name = kernel_name(launch.kernel)
+    if launch.shape.endswith(FIRST_CONFIG_ONLY) or (launch.op, name) == _SHARED_FORWARD:
+        return offered[:1]
+    twin = masked.get((launch.op, launch.shape + _MASKED, name))
+    if (launch.op, name) in _MASKED_COVERS_CAUSAL and twin is not None:
+        answered = {str(c) for c in twin.configs}
+        return offered[:1] + [c for c in offered[1:] if str(c) not in answered]
+    return offered
 
 
 @cache

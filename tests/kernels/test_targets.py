@@ -178,3 +178,27 @@ def test_unknown_targets_fail_naming_the_known_ones():
     assert [t.name for t in parse_targets("gfx942, sm_90,gfx942")] == ["gfx942", "sm_90"]
     with pytest.raises(ValueError, match="unknown target.*gfx1100.*known: gfx90a"):
         parse_targets("gfx942,gfx1100")
+
+
+def test_a_causal_launch_compiles_what_its_document_masked_twin_does_not():
+    # The causal launches of the kernels whose masked build needs at least their resources compile their first
+    # config and the configs the masked list lacks; the masked launches compile their whole lists.
+    target = TARGETS["gfx950"]  # its lists hold a causal-only config of the grouped forward
+    compiled: dict[tuple, set] = {}
+    for job in check._jobs(target, False):
+        for op, shape in job.uses:
+            compiled.setdefault((op, shape, check.kernel_name(job.launch.kernel)), set()).add(str(job.config))
+    found = {(x.op, x.shape, check.kernel_name(x.kernel)): x.kernel for x in check.launches(target)}
+    covered = [
+        ("grouped_diff_attention", "D=128 Dv=256 S=4096 r=4 bf16 causal", "_diff_attn_fwd_kernel"),
+        ("diff_attention", "D=128 Dv=256 S=4096 bf16 causal", "_diff_attn_bwd_kv_kernel"),
+    ]
+    for op, shape, name in covered:
+        offered = [str(c) for c in found[(op, shape, name)].configs]
+        masked = {str(c) for c in found[(op, shape + " documents", name)].configs}
+        assert compiled[(op, shape, name)] == {offered[0]} | (set(offered) - masked)
+        assert compiled[(op, shape + " documents", name)] == masked
+    assert len(compiled[covered[0]]) > 1  # a config of the causal list alone is compiled
+    # A kernel whose masked build used fewer registers at some config keeps its whole causal list.
+    kv = ("grouped_diff_attention", "D=128 Dv=256 S=4096 r=4 bf16 causal", "_map_bwd_kv_kernel")
+    assert compiled[kv] == {str(c) for c in found[kv].configs}

@@ -153,7 +153,10 @@ def test_toml_blocks_are_valid_config_sections(workspace):
 def test_install_blocks_are_the_commands_ci_and_the_demo_run():
     install = [b.code.strip() for b in BLOCKS if b.kind == "install"]
     prefix = 'python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 -e ".[{}]" && '
-    assert install == [prefix.format("demo") + "motif-data demo", prefix.format("test") + "pytest -q -n 2 --dist loadfile"]
+    assert install == [
+        prefix.format("demo") + "motif-data demo",
+        prefix.format("test") + "pytest -q -n 2 --dist loadfile",
+    ]
     ci = (ROOT / ".ci" / "run").read_text()
     assert "readme-test: install" in ci and "readme-test: ci" in ci  # .ci/run takes both from here
 

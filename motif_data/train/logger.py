@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 
-from motif_data import DOMAINS
 from motif_data.atomic import atomic_write_text
 
 __all__ = ["MetricsLogger", "keep_metrics_until"]
@@ -81,12 +80,13 @@ def keep_metrics_until(path: Path, step: int) -> None:
 class MetricsLogger:
     """``queue(...)`` a finished step's tensors; its line is written when the next step is queued (or at
     ``flush``). ``path`` None: this rank writes nothing but still counts (the counters are summed later).
-    ``buckets`` names the slots of a step's loss sums and counts: the domains, or an SFT stream's one."""
+    A step's loss sums and counts have the counters' slots, named by their ``BUCKETS``: the domains, or an SFT
+    stream's one."""
 
     def __init__(self, path: Path | None, device: torch.device, counters, *, seq_len: int,
                  tokens_per_step: int, flops_per_token: float, peak_flops: float | None, world_size: int,
-                 log_every: int, last_step: int, buckets: tuple[str, ...] = DOMAINS) -> None:  # fmt: skip
-        self.device, self.counters, self.seq_len, self.buckets = device, counters, seq_len, buckets
+                 log_every: int, last_step: int) -> None:  # fmt: skip
+        self.device, self.counters, self.seq_len = device, counters, seq_len
         self.tokens_per_step, self.flops_per_token = tokens_per_step, flops_per_token
         self.peak, self.world_size = peak_flops, world_size
         self.log_every, self.last_step = log_every, last_step
@@ -130,7 +130,7 @@ class MetricsLogger:
             "step": done.step,
             "loss": float(sums.sum() / counts.sum()),
             "domain_loss": {
-                d: float(sums[i] / counts[i]) for i, d in enumerate(self.buckets) if counts[i] > 0
+                d: float(sums[i] / counts[i]) for i, d in enumerate(self.counters.BUCKETS) if counts[i] > 0
             },
             "lr": done.lr,
             "grad_norm": float(h["grad_norm"]),

@@ -175,9 +175,6 @@ class _SftCounters(DomainCounters):
 
     BUCKETS = ("sft",)
 
-    def __init__(self) -> None:
-        self.sequences, self.tokens, self.loss_sum = (torch.zeros(1, dtype=torch.float64) for _ in range(3))
-
     def summary(self) -> dict[str, dict[str, float]]:
         if not self.sequences[0]:
             return {}
@@ -527,7 +524,7 @@ def _train(
         out / "metrics.jsonl" if run.is_main else None, run.device, run.counters.counters,
         seq_len=cfg.seq_len, tokens_per_step=run.tokens_per_step, flops_per_token=flops_token,
         peak_flops=peak_flops(run.device, cfg.peak_tflops), world_size=run.world_size,
-        log_every=cfg.log_every, last_step=cfg.steps, buckets=_SftCounters.BUCKETS if run.sft else DOMAINS,
+        log_every=cfg.log_every, last_step=cfg.steps,
     )  # fmt: skip
 
     batches = iter(run.loader)

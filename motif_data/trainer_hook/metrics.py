@@ -10,12 +10,15 @@ __all__ = ["DomainCounters"]
 
 
 class DomainCounters:
-    """Accumulates, per domain of DOMAINS, sequences, tokens and the sum of per-token losses."""
+    """Accumulates, per domain of DOMAINS (``BUCKETS``: the names of the counters' slots), sequences, tokens and
+    the sum of per-token losses."""
+
+    BUCKETS: tuple[str, ...] = DOMAINS
 
     def __init__(self):
-        self.sequences = torch.zeros(len(DOMAINS), dtype=torch.float64)
-        self.tokens = torch.zeros(len(DOMAINS), dtype=torch.float64)
-        self.loss_sum = torch.zeros(len(DOMAINS), dtype=torch.float64)
+        self.sequences = torch.zeros(len(self.BUCKETS), dtype=torch.float64)
+        self.tokens = torch.zeros(len(self.BUCKETS), dtype=torch.float64)
+        self.loss_sum = torch.zeros(len(self.BUCKETS), dtype=torch.float64)
 
     def update(
         self, domain: torch.Tensor, tokens: torch.Tensor, loss_sum: torch.Tensor | None = None
@@ -42,7 +45,7 @@ class DomainCounters:
     def summary(self) -> dict[str, dict[str, float]]:
         """Per domain with data: sequences, tokens, mean per-token loss (nan if no loss was given)."""
         out = {}
-        for i, d in enumerate(DOMAINS):
+        for i, d in enumerate(self.BUCKETS):
             if self.sequences[i] > 0:
                 t = float(self.tokens[i])
                 out[d] = {
